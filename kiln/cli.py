@@ -1,0 +1,45 @@
+"""The umbrella `kiln` command.
+
+Each concern owns its command group in its own folder; this module only mounts them,
+so adding a group is one line in ``GROUPS``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import click
+
+# name -> "module:attribute" of a click group.  Imported lazily so that `kiln cache ...`
+# does not pay for importing the data platform, and a broken group does not break the others.
+GROUPS: dict[str, str] = {
+    "cache": "shacache.cli:cache",
+    "wendelin": "wendelin.cli:wendelin",
+}
+
+
+class LazyGroups(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(GROUPS))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in GROUPS:
+            module_name, attribute = GROUPS[name].split(":")
+            return getattr(importlib.import_module(module_name), attribute)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroups, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (repeat for debug).")
+@click.version_option(package_name="kiln")
+def main(verbose: int) -> None:
+    """kiln builds software releases through a signed binary cache and runs them.
+
+    Every concern is a command group: `kiln cache` for the ShaCache/ShaDir binary cache,
+    `kiln wendelin` for the data platform.  Run `kiln GROUP --help` for details.
+    """
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(
+        level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )

@@ -1,0 +1,1 @@
+"""ShaCache + ShaDir: a signed, content-addressed binary cache (server, client, CLI)."""

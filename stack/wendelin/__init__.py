@@ -1,0 +1,1 @@
+"""The Wendelin-style data platform: ingestion policies, ingest, durable data streams."""

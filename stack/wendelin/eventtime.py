@@ -1,0 +1,46 @@
+"""fluentd's EventTime: msgpack ext type 0, big-endian uint32 seconds then uint32 nanoseconds."""
+
+import struct
+
+import msgpack
+
+EVENT_TIME_EXT_CODE = 0
+_SECONDS_NANOS = struct.Struct(">II")
+
+
+class UnsupportedExtType(ValueError):
+    """A msgpack ext type that fluentd never sends; the input is wrong, not transient."""
+
+
+def ext_hook(code: int, data: bytes) -> msgpack.ExtType:
+    """Keep EventTime as an ExtType (so it re-packs byte for byte); refuse every other ext."""
+    if code != EVENT_TIME_EXT_CODE:
+        raise UnsupportedExtType(f"unsupported msgpack ext type {code} (only EventTime, type 0)")
+    if len(data) != _SECONDS_NANOS.size:
+        raise UnsupportedExtType(f"EventTime must hold 8 bytes, got {len(data)}")
+    return msgpack.ExtType(code, data)
+
+
+def pack(seconds: float) -> msgpack.ExtType:
+    """An EventTime for a time in seconds since the epoch."""
+    whole = int(seconds)
+    nanos = round((seconds - whole) * 1e9)
+    if nanos >= 1_000_000_000:
+        whole, nanos = whole + 1, nanos - 1_000_000_000
+    return msgpack.ExtType(EVENT_TIME_EXT_CODE, _SECONDS_NANOS.pack(whole, nanos))
+
+
+def to_seconds(value: object) -> float:
+    """Seconds since the epoch of an entry time: EventTime, int or float.
+
+    Raises ValueError for anything else, so a caller can name the bad entry.
+    """
+    kind = type(value)
+    if kind is msgpack.ExtType:
+        seconds, nanos = _SECONDS_NANOS.unpack(value.data)  # type: ignore[attr-defined]
+        return seconds + nanos * 1e-9
+    if kind is int or kind is float:
+        return float(value)  # type: ignore[arg-type]
+    raise ValueError(
+        f"time must be an EventTime (ext type 0), an integer or a float, not {kind.__name__}"
+    )

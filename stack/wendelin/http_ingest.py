@@ -1,0 +1,159 @@
+"""HTTP ingest: fluent-plugin-wendelin's protocol, and an in_http-style endpoint for curl.
+
+fluent-plugin-wendelin (PROTOCOLS.md §2):
+``POST /ingestion_policies/<policy>/ingest?reference=<tag>``, also served under Wendelin's
+``/erp5/portal_ingestion_policies/<policy>/ingest`` so existing ``streamtool_uri`` settings
+work. Unlike Wendelin, a byte-identical resend is not appended twice, timestamps are kept, and
+a tag the policy does not take is refused (403) instead of dropped with a 200.
+"""
+
+import json
+import logging
+import time
+import urllib.parse
+
+import msgpack
+from aiohttp import web
+
+from wendelin import chunks, eventtime
+from wendelin.httputil import (
+    BodyTooLarge,
+    error,
+    read_body,
+    service_of,
+    too_large,
+    unauthorized,
+    unavailable,
+)
+from wendelin.ingest import TagRejected, http_chunk_key, ingest
+from wendelin.policies import Policy
+from wendelin.streams import NO_KEY, StreamUnavailable
+
+log = logging.getLogger(__name__)
+FORM = "application/x-www-form-urlencoded"
+
+
+async def fluentd_ingest(request: web.Request) -> web.StreamResponse:
+    service = service_of(request)
+    if service.shutting_down:
+        return unavailable("shutting down", 10)
+    policy = service.policies.get(request.match_info["policy"])
+    if policy is None:
+        return error(404, f"no ingestion policy named {request.match_info['policy']!r}")
+    account = service.authenticate(request)
+    if account is None or account.policy is not policy:
+        return unauthorized(f"wrong or missing credentials for policy {policy.name}")
+    tag = request.query.get("reference")
+    if not tag:
+        return error(400, "missing ?reference=<tag>")
+    limit = service.limits.max_chunk_bytes
+    try:
+        body = await read_body(request, limit)
+    except BodyTooLarge:
+        return too_large(limit)
+    if _is_form(body):
+        # fluent-plugin-wendelin up to 0.4 and embulk: data_chunk=<url-encoded bytes>
+        try:
+            body = form_field(body, "data_chunk")
+        except (ValueError, UnicodeDecodeError) as problem:
+            return error(400, f"malformed form body, nothing appended: {problem}")
+    try:
+        chunk = chunks.parse_entries(body)
+    except chunks.ChunkError as problem:
+        return error(400, f"malformed chunk, nothing appended: {problem}")
+    return await _append(policy, tag, chunk, http_chunk_key(body), request)
+
+
+def form_field(body: bytes, name: str) -> bytes:
+    """The bytes of one url-encoded form field (latin-1 maps each escaped byte to itself)."""
+    fields = urllib.parse.parse_qs(
+        body.decode("ascii"), keep_blank_values=True, strict_parsing=True, encoding="latin-1"
+    )
+    if name not in fields:
+        raise ValueError(f"form body without a {name} field")
+    return fields[name][0].encode("latin-1")
+
+
+def _is_form(body: bytes) -> bool:
+    """Decided by the body, not the Content-Type: Ruby's Net::HTTP labels any body as a form.
+
+    A raw chunk starts with a msgpack array marker, which no form body does.
+    """
+    starts_as_array = bool(body) and (0x90 <= body[0] <= 0x9F or body[0] in (0xDC, 0xDD))
+    return not starts_as_array and b"data_chunk=" in body
+
+
+async def _append(
+    policy: Policy, tag: str, chunk: chunks.Chunk, key: bytes, request: web.Request
+) -> web.Response:
+    try:
+        appended = await ingest(service_of(request).store, policy, tag, chunk, key)
+    except TagRejected as problem:
+        return error(403, f"{problem}; nothing appended")
+    except StreamUnavailable as problem:
+        return unavailable(problem)
+    headers = {} if appended else {"X-Wendelin-Duplicate": "already stored"}
+    return web.Response(status=204, headers=headers)
+
+
+async def tag_ingest(request: web.Request) -> web.StreamResponse:
+    """``POST /tags/<tag>``, like fluentd's in_http: JSON, ndjson or msgpack records.
+
+    The policy is the one whose HTTP user authenticates. Records are timestamped with
+    ``?time=<unix seconds>`` or the arrival time.
+    """
+    service = service_of(request)
+    if service.shutting_down:
+        return unavailable("shutting down", 10)
+    account = service.authenticate(request)
+    if account is None or account.policy is None:
+        return unauthorized("send with a policy's HTTP user and password")
+    limit = service.limits.max_chunk_bytes
+    try:
+        body = await read_body(request, limit)
+        when = float(request.query["time"]) if "time" in request.query else time.time()
+        records = _decode_records(body, request.content_type)
+    except BodyTooLarge:
+        return too_large(limit)
+    except (ValueError, msgpack.UnpackException) as problem:
+        return error(400, f"malformed body, nothing appended: {problem}")
+    stamp = eventtime.pack(when)
+    try:
+        chunk = chunks.pack_entries([[stamp, record] for record in records])
+    except chunks.ChunkError as problem:
+        return error(400, f"malformed body, nothing appended: {problem}")
+    return await _append(account.policy, request.match_info["tag"], chunk, NO_KEY, request)
+
+
+def _decode_records(body: bytes, content_type: str) -> list[object]:
+    if content_type == FORM:  # in_http's json=... or msgpack=... form fields
+        if b"json=" in body:
+            return _as_records(json.loads(form_field(body, "json")))
+        if b"msgpack=" in body:
+            return _as_records(msgpack.unpackb(form_field(body, "msgpack"), strict_map_key=False))
+        raise ValueError("form body needs a json= or msgpack= field")
+    if content_type in ("application/msgpack", "application/x-msgpack"):
+        return _as_records(msgpack.unpackb(body, strict_map_key=False, ext_hook=eventtime.ext_hook))
+    if content_type in ("application/x-ndjson", "application/jsonl"):
+        return [json.loads(line) for line in body.splitlines() if line.strip()]
+    return _as_records(json.loads(body))
+
+
+def _as_records(value: object) -> list[object]:
+    if isinstance(value, dict):
+        return [value]
+    if isinstance(value, list):
+        return value
+    raise ValueError("send a record (a map) or an array of records")
+
+
+def add_routes(app: web.Application) -> None:
+    for prefix in ("/ingestion_policies", "/erp5/portal_ingestion_policies"):
+        app.router.add_post(prefix + "/{policy}/ingest", fluentd_ingest)
+        # Wendelin answers 400 to anything but POST; so do we, with a message.
+        app.router.add_route(
+            "*",
+            prefix + "/{policy}/ingest",
+            lambda request: error(400, "ingest takes POST only"),
+        )
+    app.router.add_post("/tags/{tag}", tag_ingest)

@@ -1,0 +1,87 @@
+"""Small helpers shared by the HTTP handlers: keys, error answers, bounded body reading."""
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from wendelin.service import Account, Service
+from wendelin.streams import StreamUnavailable
+
+SERVICE: web.AppKey[Service] = web.AppKey("service", Service)
+REALM = 'Basic realm="wendelin"'
+
+
+def service_of(request: web.Request) -> Service:
+    return request.app[SERVICE]
+
+
+def error(status: int, message: str, **headers: str) -> web.Response:
+    """A plain-text error naming the problem; fluentd logs the body of a failed request."""
+    return web.Response(status=status, text=message + "\n", headers=headers)
+
+
+class Failure(Exception):
+    """Raised from deep in a handler; the middleware answers with ``response``."""
+
+    def __init__(self, response: web.Response) -> None:
+        super().__init__(response.text)
+        self.response = response
+
+
+@web.middleware
+async def failures(request: web.Request, handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except Failure as failure:
+        return failure.response
+
+
+def unavailable(reason: StreamUnavailable | str, retry_after: int = 5) -> web.Response:
+    if isinstance(reason, StreamUnavailable):
+        retry_after = reason.retry_after
+    return error(
+        503, f"temporarily unavailable, retry later: {reason}", **{"Retry-After": str(retry_after)}
+    )
+
+
+def unauthorized(message: str = "wrong or missing credentials") -> web.Response:
+    return error(401, message, **{"WWW-Authenticate": REALM})
+
+
+def require_account(request: web.Request) -> Account:
+    account = service_of(request).authenticate(request)
+    if account is None:
+        raise Failure(unauthorized())
+    return account
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, refusing (413) as soon as it passes ``limit``, whatever it announced."""
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge()
+    body = bytearray()
+    async for piece in request.content.iter_chunked(1 << 18):
+        body += piece
+        if len(body) > limit:
+            raise BodyTooLarge()
+    return bytes(body)
+
+
+async def body_pieces(request: web.Request, limit: int) -> AsyncIterator[bytes]:
+    """The body in pieces, for uploads streamed to disk; BodyTooLarge past ``limit``."""
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge()
+    total = 0
+    async for piece in request.content.iter_chunked(1 << 20):
+        total += len(piece)
+        if total > limit:
+            raise BodyTooLarge()
+        yield piece
+
+
+def too_large(limit: int) -> web.Response:
+    return error(413, f"body larger than the limit of {limit} bytes")

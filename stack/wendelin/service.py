@@ -1,0 +1,108 @@
+"""The state one `kiln wendelin serve` process holds, shared by HTTP and forward handlers."""
+
+import asyncio
+import base64
+import binascii
+import logging
+import math
+import os
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from wendelin.catalog import SQLiteCatalog, StreamRecord
+from wendelin.policies import Policy, PolicyRegistry
+from wendelin.streams import Stream, StreamStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_chunk_bytes: int = 64 << 20  # one HTTP chunk or one forward message
+    max_upload_bytes: int = 16 << 30  # a manual raw upload, streamed to disk
+    max_pending_bytes: int = 256 << 20  # queued for commit before answering 503
+    dedup_retention: float = 7 * 24 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """Who is asking: a policy (its streams, read and write) or a reader (every stream, read)."""
+
+    name: str
+    policy: Policy | None
+
+    def may_read(self, stream: Stream) -> bool:
+        return self.policy is None or stream.policy == self.policy.name
+
+    def may_write(self, stream: Stream) -> bool:
+        return self.policy is not None and stream.policy == self.policy.name
+
+
+class Service:
+    def __init__(self, root: str, limits: Limits | None = None) -> None:
+        self.root = os.path.abspath(root)
+        os.makedirs(self.root, exist_ok=True)
+        self.limits = limits or Limits()
+        self.catalog = SQLiteCatalog(os.path.join(self.root, "catalog.sqlite"))
+        self.policies = PolicyRegistry(self.root, self.catalog)
+        self.store = StreamStore(
+            self.root,
+            dedup_retention=self.limits.dedup_retention,
+            max_pending_bytes=self.limits.max_pending_bytes,
+        )
+        self.shutting_down = False
+
+    def authenticate(self, request: web.Request) -> Account | None:
+        """HTTP Basic against policy users, then reader accounts."""
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Basic "):
+            return None
+        try:
+            user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        policy = self.policies.by_user(user)
+        if policy is not None:
+            if self.policies.check_password(user, password, policy.record.password_hash):
+                return Account(user, policy)
+            return None
+        stored = self.catalog.reader_hash(user)
+        if stored is not None and self.policies.check_password(user, password, stored):
+            return Account(user, None)
+        return None
+
+    def readable_streams(self, account: Account) -> list[Stream]:
+        return [stream for stream in self.store if account.may_read(stream)]
+
+    def sync_catalog(self) -> None:
+        """Copy live stream statistics into the catalog, for listings from other processes."""
+        for stream in self.store:
+            stats = stream.stats
+            self.catalog.save_stream(
+                StreamRecord(
+                    stream.name,
+                    stream.policy,
+                    stream.kind,
+                    stats.size,
+                    stats.entries,
+                    None if math.isnan(stats.first_time) else stats.first_time,
+                    None if math.isnan(stats.last_time) else stats.last_time,
+                    None if math.isnan(stats.last_ingest) else stats.last_ingest,
+                )
+            )
+            stream.prune_dedup()
+
+    async def sync_catalog_forever(self, period: float = 5.0) -> None:
+        while True:
+            await asyncio.sleep(period)
+            try:
+                self.sync_catalog()
+            except Exception:
+                log.exception("catalog sync failed; retrying in %s s", period)
+
+    async def close(self) -> None:
+        self.shutting_down = True
+        await self.store.close()
+        self.sync_catalog()
+        self.catalog.close()

@@ -1,0 +1,512 @@
+"""Data streams: durable, append-only logs with exactly-once appends and group commit.
+
+Each stream is a directory holding:
+
+* ``data``: the stored bytes, exactly as readers see them (concatenated msgpack
+  ``[time, record]`` entries, or arbitrary bytes for a raw upload stream);
+* ``index``: one fixed-size, CRC-protected record per committed chunk (end offset, entry total,
+  time range, commit time, dedup key);
+* ``meta.json``: the stream's kind and owning policy, written once at creation.
+
+A commit writes and fsyncs ``data`` first, then the index records, then fsyncs ``index``. The
+index is the commit point: bytes of ``data`` past the last valid index record are a torn tail,
+never served, and cut off when the stream is opened. Because each index record carries the
+chunk's dedup key, the dedup table is durable exactly when the data is, and is rebuilt from the
+index on open (no separate file can disagree with the data after a crash).
+
+Appends queue up while a commit is on disk and go out together in the next one (group commit).
+"""
+
+import asyncio
+import bisect
+import contextlib
+import errno
+import json
+import logging
+import math
+import os
+import re
+import struct
+import time
+import zlib
+from array import array
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import msgpack
+
+from wendelin.chunks import Chunk
+
+log = logging.getLogger(__name__)
+
+ENTRIES = "entries"
+RAW = "raw"
+STREAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+NO_KEY = bytes(32)
+_MAGIC = b"WDS1"
+# magic, end offset, entries in total, min time, max time, commit time, dedup key, crc32
+_RECORD = struct.Struct("<4sQQddd32sI")
+_CRC_SPAN = _RECORD.size - 4
+# Errors of a full or failing disk: answered with 503, the client retries later.
+_TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ENOMEM}
+
+
+class StreamUnavailable(Exception):
+    """A transient refusal (full disk, overload, shutting down): retry after ``retry_after``."""
+
+    def __init__(self, reason: str, retry_after: int = 5) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+class StreamKindError(ValueError):
+    """The operation does not fit the stream's kind (entries into a raw stream or back)."""
+
+
+@dataclass(slots=True)
+class StreamStats:
+    size: int = 0
+    entries: int = 0
+    chunks: int = 0
+    first_time: float = math.nan
+    last_time: float = math.nan
+    last_ingest: float = math.nan
+
+
+@dataclass(slots=True)
+class _Pending:
+    chunk: Chunk
+    key: bytes
+    future: asyncio.Future[bool] = field(repr=False)
+
+
+def check_stream_name(name: str) -> str:
+    if not STREAM_NAME.match(name) or ".." in name:
+        raise ValueError(
+            f"{name!r} cannot name a stream: use letters, digits, '.', '_' and '-' "
+            "(at most 200, starting with a letter or digit)"
+        )
+    return name
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+def _fsync_directory(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Stream:
+    """One data stream. Mutated only from the event loop; disk work runs in the executor."""
+
+    def __init__(
+        self,
+        path: str,
+        executor: ThreadPoolExecutor,
+        dedup_retention: float,
+        max_pending_bytes: int,
+    ) -> None:
+        self.path = path
+        self.name = os.path.basename(path)
+        with open(os.path.join(path, "meta.json")) as meta_file:
+            meta = json.load(meta_file)
+        self.kind: str = meta["kind"]
+        self.policy: str = meta.get("policy", "")
+        self._executor = executor
+        self._dedup_retention = dedup_retention
+        self._max_pending_bytes = max_pending_bytes
+        self._data_fd = os.open(os.path.join(path, "data"), os.O_RDWR | os.O_CREAT, 0o640)
+        self._index_fd = os.open(os.path.join(path, "index"), os.O_RDWR | os.O_CREAT, 0o640)
+        # Per committed chunk, for range, entry and time lookups.
+        self._ends = array("q")
+        self._entry_totals = array("q")
+        self._min_times = array("d")
+        self._max_times = array("d")
+        self._dedup: dict[bytes, float] = {}
+        self._in_flight: dict[bytes, asyncio.Future[bool]] = {}
+        self._pending: list[_Pending] = []
+        self._pending_bytes = 0
+        self._committer: asyncio.Task[None] | None = None
+        self._write_lock = asyncio.Lock()
+        self.closing = False
+        self.stats = StreamStats()
+        self._recover()
+
+    # -- opening ------------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        """Load the index, drop a torn tail of index or data, and rebuild the dedup table."""
+        index_bytes = os.pread(self._index_fd, os.fstat(self._index_fd).st_size, 0)
+        valid = len(index_bytes) - len(index_bytes) % _RECORD.size
+        horizon = time.time() - self._dedup_retention
+        for number, record in enumerate(_RECORD.iter_unpack(index_bytes[:valid])):
+            magic, end, total, low, high, committed, key, crc = record
+            start = number * _RECORD.size
+            if magic != _MAGIC or zlib.crc32(index_bytes[start : start + _CRC_SPAN]) != crc:
+                valid = start
+                break
+            self._remember(end, total, low, high, committed)
+            if key != NO_KEY and committed >= horizon:
+                self._dedup[key] = committed
+        data_size = os.fstat(self._data_fd).st_size
+        committed_size = self._ends[-1] if self._ends else 0
+        if data_size < committed_size:
+            # The data is fsynced before its index record, so this means the disk lost data.
+            raise OSError(errno.EIO, f"stream {self.name}: data shorter than its index")
+        if valid != len(index_bytes) or data_size != committed_size:
+            log.warning(
+                "stream %s: dropping a torn tail (%d index bytes, %d data bytes) from a crash",
+                self.name,
+                len(index_bytes) - valid,
+                data_size - committed_size,
+            )
+            os.ftruncate(self._index_fd, valid)
+            os.ftruncate(self._data_fd, committed_size)
+            os.fsync(self._index_fd)
+            os.fsync(self._data_fd)
+        self._index_size = valid
+
+    def _remember(self, end: int, total: int, low: float, high: float, committed: float) -> None:
+        self._ends.append(end)
+        self._entry_totals.append(total)
+        self._min_times.append(low)
+        self._max_times.append(high)
+        stats = self.stats
+        stats.size = end
+        stats.entries = total
+        stats.chunks += 1
+        stats.last_ingest = committed
+        if not math.isnan(low):
+            stats.first_time = low if math.isnan(stats.first_time) else min(stats.first_time, low)
+            stats.last_time = high if math.isnan(stats.last_time) else max(stats.last_time, high)
+
+    def close(self) -> None:
+        os.close(self._data_fd)
+        os.close(self._index_fd)
+
+    # -- appending ----------------------------------------------------------------------------
+
+    def append(self, chunk: Chunk, key: bytes = NO_KEY) -> asyncio.Future[bool]:
+        """Queue ``chunk``; the future is True once it is durable, False if it was a duplicate.
+
+        ``key`` identifies a retried chunk (a forward chunk id, or a hash of an HTTP body): a
+        chunk whose key is already committed, or being committed, is not appended again.
+        """
+        if self.kind != ENTRIES:
+            raise StreamKindError(f"stream {self.name} holds raw bytes, not entries")
+        loop = asyncio.get_running_loop()
+        if key != NO_KEY:
+            if key in self._dedup:
+                done = loop.create_future()
+                done.set_result(False)
+                return done
+            if key in self._in_flight:
+                return _duplicate_of(self._in_flight[key])
+        if self.closing:
+            raise StreamUnavailable("shutting down", retry_after=10)
+        if self._pending_bytes + len(chunk.data) > self._max_pending_bytes and self._pending:
+            raise StreamUnavailable("overloaded: too many bytes waiting for the disk", 2)
+        future: asyncio.Future[bool] = loop.create_future()
+        self._pending.append(_Pending(chunk, key, future))
+        self._pending_bytes += len(chunk.data)
+        if key != NO_KEY:
+            self._in_flight[key] = future
+        if self._committer is None:
+            self._committer = loop.create_task(self._commit_pending())
+        return future
+
+    async def _commit_pending(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                self._pending_bytes -= sum(len(item.chunk.data) for item in batch)
+                async with self._write_lock:
+                    try:
+                        records = await loop.run_in_executor(
+                            self._executor, self._write_batch, batch
+                        )
+                    except Exception as error:
+                        self._fail(batch, error)
+                        continue
+                for item, record in zip(batch, records, strict=True):
+                    self._remember(*record)
+                    if item.key != NO_KEY:
+                        self._dedup[item.key] = record[4]
+                        self._in_flight.pop(item.key, None)
+                    if not item.future.done():
+                        item.future.set_result(True)
+        finally:
+            self._committer = None
+
+    def _fail(self, batch: list[_Pending], error: Exception) -> None:
+        if isinstance(error, OSError) and error.errno in _TRANSIENT_ERRNOS:
+            log.error("stream %s: commit failed, answering 503: %s", self.name, error)
+            reason = StreamUnavailable(f"storage unavailable: {os.strerror(error.errno)}", 10)
+        else:
+            log.exception("stream %s: commit failed", self.name, exc_info=error)
+            reason = StreamUnavailable(f"storage error: {error}", 10)
+        for item in batch:
+            self._in_flight.pop(item.key, None)
+            if not item.future.done():
+                item.future.set_exception(reason)
+
+    def _write_batch(
+        self, batch: list[_Pending], raw_length: int = 0
+    ) -> list[tuple[int, int, float, float, float]]:
+        """Write, fsync, index, fsync. Runs in a worker thread; rolls back on any failure.
+
+        ``raw_length`` is for a raw upload whose bytes are already written past the end.
+        """
+        start = self.stats.size
+        index_start = self._index_size
+        now = time.time()
+        records = []
+        end = start + raw_length
+        total = self.stats.entries
+        for item in batch:
+            end += len(item.chunk.data)
+            total += item.chunk.count
+            records.append((end, total, item.chunk.min_time, item.chunk.max_time, now))
+        index = b"".join(
+            _pack_record(*record, item.key) for item, record in zip(batch, records, strict=True)
+        )
+        try:
+            if not raw_length:
+                _pwrite_all(self._data_fd, b"".join(item.chunk.data for item in batch), start)
+            os.fdatasync(self._data_fd)
+            _pwrite_all(self._index_fd, index, index_start)
+            os.fdatasync(self._index_fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._index_fd, index_start)
+                os.ftruncate(self._data_fd, start)
+            raise
+        self._index_size = index_start + len(index)
+        return records
+
+    async def append_raw(self, pieces: AsyncIterator[bytes]) -> int:
+        """Append bytes as one chunk (a raw upload), streamed to disk piece by piece.
+
+        Nothing is visible until the whole upload is fsynced and indexed; a failed or
+        interrupted upload is cut off again.
+        """
+        if self.kind != RAW:
+            raise StreamKindError(f"stream {self.name} holds entries; upload raw bytes elsewhere")
+        if self.closing:
+            raise StreamUnavailable("shutting down", retry_after=10)
+        loop = asyncio.get_running_loop()
+        async with self._write_lock:
+            start = self.stats.size
+            offset = start
+            try:
+                async for piece in pieces:
+                    await loop.run_in_executor(
+                        self._executor, _pwrite_all, self._data_fd, piece, offset
+                    )
+                    offset += len(piece)
+                marker = _Pending(Chunk(b"", 0, math.nan, math.nan), NO_KEY, loop.create_future())
+                records = await loop.run_in_executor(
+                    self._executor, self._write_batch, [marker], offset - start
+                )
+            except BaseException as error:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._data_fd, start)
+                if isinstance(error, OSError) and error.errno in _TRANSIENT_ERRNOS:
+                    reason = f"storage unavailable: {os.strerror(error.errno)}"
+                    raise StreamUnavailable(reason, 10) from error
+                raise
+            self._remember(*records[0])
+            return offset - start
+
+    async def drain(self) -> None:
+        """Wait until every queued append is committed or failed."""
+        while self._committer is not None:
+            await asyncio.shield(self._committer)
+
+    def prune_dedup(self) -> None:
+        horizon = time.time() - self._dedup_retention
+        stale = [key for key, committed in self._dedup.items() if committed < horizon]
+        for key in stale:
+            del self._dedup[key]
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Committed bytes only: a concurrent commit's tail is never visible."""
+        end = min(offset + length, self.stats.size)
+        if offset >= end:
+            return b""
+        return os.pread(self._data_fd, end - offset, offset)
+
+    def iter_bytes(self, start: int, end: int, piece: int = 1 << 20) -> Iterator[bytes]:
+        end = min(end, self.stats.size)
+        while start < end:
+            data = self.read(start, min(piece, end - start))
+            if not data:
+                return
+            start += len(data)
+            yield data
+
+    def chunk_span(self, number: int) -> tuple[int, int]:
+        return (self._ends[number - 1] if number else 0), self._ends[number]
+
+    def chunk_of_entry(self, entry: int) -> int:
+        """Number of the chunk holding entry ``entry`` (0-based, across the stream)."""
+        return bisect.bisect_right(self._entry_totals, entry)
+
+    def scan_entries(
+        self,
+        start: int = 0,
+        stop: int | None = None,
+        since: float = -math.inf,
+        until: float = math.inf,
+        limit: int = 10_000,
+        max_scan_bytes: int = 16 << 20,
+    ) -> tuple[bytes, int | None]:
+        """Stored bytes of the entries with index in [start, stop) and time in [since, until).
+
+        Returns the entries (at most ``limit``) and the index to continue from, or None when
+        the range is exhausted. Work per call is bounded by ``max_scan_bytes``, so a
+        time query over a long stream answers in pages instead of reading it whole.
+        """
+        if self.kind != ENTRIES:
+            raise StreamKindError(f"stream {self.name} holds raw bytes, not entries")
+        total = self.stats.entries
+        stop = total if stop is None else min(stop, total)
+        chunk_count = len(self._ends)
+        number = self.chunk_of_entry(start)
+        found: list[bytes] = []
+        scanned = 0
+        index = start
+        while number < chunk_count and index < stop:
+            first_entry = self._entry_totals[number - 1] if number else 0
+            if self._max_times[number] < since or self._min_times[number] >= until:
+                number += 1
+                index = max(index, self._entry_totals[number - 1])
+                continue
+            begin, end = self.chunk_span(number)
+            data = self.read(begin, end - begin)
+            scanned += len(data)
+            unpacker = msgpack.Unpacker(raw=True, strict_map_key=False, max_buffer_size=len(data))
+            unpacker.feed(data)
+            position = 0
+            for offset, entry in enumerate(unpacker, start=first_entry):
+                next_position = unpacker.tell()
+                if offset >= index and offset < stop:
+                    seconds = _seconds(entry[0])
+                    if since <= seconds < until:
+                        found.append(data[position:next_position])
+                        if len(found) >= limit:
+                            return b"".join(found), offset + 1 if offset + 1 < stop else None
+                position = next_position
+            number += 1
+            index = max(index, self._entry_totals[number - 1])
+            if scanned >= max_scan_bytes and number < chunk_count and index < stop:
+                return b"".join(found), index
+        return b"".join(found), None
+
+
+def _seconds(value: object) -> float:
+    if type(value) is msgpack.ExtType:
+        seconds, nanos = struct.unpack(">II", value.data)  # type: ignore[attr-defined]
+        return seconds + nanos * 1e-9
+    return float(value)  # type: ignore[arg-type]
+
+
+def _duplicate_of(original: asyncio.Future[bool]) -> asyncio.Future[bool]:
+    """A future that reports "duplicate" once the original commit is durable."""
+    loop = asyncio.get_running_loop()
+    duplicate: asyncio.Future[bool] = loop.create_future()
+
+    def settle(done: asyncio.Future[bool]) -> None:
+        if duplicate.done():
+            return
+        if done.exception() is not None:
+            duplicate.set_exception(done.exception())  # type: ignore[arg-type]
+        else:
+            duplicate.set_result(False)
+
+    original.add_done_callback(settle)
+    return duplicate
+
+
+def _pack_record(
+    end: int, total: int, low: float, high: float, committed: float, key: bytes
+) -> bytes:
+    head = _RECORD.pack(_MAGIC, end, total, low, high, committed, key, 0)[:_CRC_SPAN]
+    return head + struct.pack("<I", zlib.crc32(head))
+
+
+class StreamStore:
+    """All streams under ``root/streams``; opening a stream recovers it after a crash."""
+
+    def __init__(
+        self,
+        root: str,
+        dedup_retention: float = 7 * 24 * 3600,
+        max_pending_bytes: int = 256 << 20,
+    ) -> None:
+        self.directory = os.path.join(root, "streams")
+        os.makedirs(self.directory, exist_ok=True)
+        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="stream-commit")
+        self._dedup_retention = dedup_retention
+        self._max_pending_bytes = max_pending_bytes
+        self._streams: dict[str, Stream] = {}
+        for name in sorted(os.listdir(self.directory)):
+            if os.path.exists(os.path.join(self.directory, name, "meta.json")):
+                self._streams[name] = self._open(name)
+
+    def _open(self, name: str) -> Stream:
+        return Stream(
+            os.path.join(self.directory, name),
+            self._executor,
+            self._dedup_retention,
+            self._max_pending_bytes,
+        )
+
+    def __iter__(self) -> Iterator[Stream]:
+        return iter(sorted(self._streams.values(), key=lambda stream: stream.name))
+
+    def get(self, name: str) -> Stream | None:
+        return self._streams.get(name)
+
+    def open_or_create(self, name: str, policy: str, kind: str = ENTRIES) -> Stream:
+        stream = self._streams.get(name)
+        if stream is not None:
+            return stream
+        check_stream_name(name)
+        path = os.path.join(self.directory, name)
+        os.makedirs(path, exist_ok=True)
+        meta_path = os.path.join(path, "meta.json")
+        temporary = meta_path + ".tmp"
+        with open(temporary, "w") as meta_file:
+            json.dump({"kind": kind, "policy": policy, "created": time.time()}, meta_file)
+            meta_file.flush()
+            os.fsync(meta_file.fileno())
+        os.replace(temporary, meta_path)
+        _fsync_directory(path)
+        _fsync_directory(self.directory)
+        stream = self._streams[name] = self._open(name)
+        return stream
+
+    def start_closing(self) -> None:
+        for stream in self._streams.values():
+            stream.closing = True
+
+    async def close(self) -> None:
+        self.start_closing()
+        for stream in list(self._streams.values()):
+            await stream.drain()
+            stream.close()
+        self._executor.shutdown(wait=True)
