@@ -16,6 +16,8 @@ import click
 GROUPS: dict[str, str] = {
     "cache": "shacache.cli:cache",
     "wendelin": "wendelin.cli:wendelin",
+    "software": "releases.cli:software",
+    "instance": "releases.cli:instance",
 }
 
 

@@ -187,7 +187,9 @@ class BinaryCache:
                         bool(entry.get("relocatable", False)),
                     )
                 except (CacheError, ArchiveError, KeyError, OSError) as error:
-                    self._note(report, "refused entry %s…: %s", entry.get("sha512", "?")[:16], error)
+                    self._note(
+                        report, "refused entry %s…: %s", entry.get("sha512", "?")[:16], error
+                    )
         self._note(report, "miss (no usable entry); building")
         return None
 
@@ -221,9 +223,7 @@ class BinaryCache:
                 **platform_tuple(),
             }
             try:
-                sha512 = self.client.upload(
-                    packed.archive, KEY_PREFIX + report.signature, metadata
-                )
+                sha512 = self.client.upload(packed.archive, KEY_PREFIX + report.signature, metadata)
             except CacheError as error:
                 self._note(report, "upload failed: %s", error)
                 return

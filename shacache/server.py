@@ -134,7 +134,7 @@ class CacheServer:
 
     # --- Authentication ----------------------------------------------------------------------
 
-    def _user(self, request: web.Request) -> str | None:
+    def _user(self, request: web.Request, cached_only: bool = False) -> str | None:
         transport = request.transport
         peer = transport.get_extra_info("peercert") if transport else None
         if peer:
@@ -148,7 +148,7 @@ class CacheServer:
                 name, _, password = base64.b64decode(header[6:]).decode().partition(":")
             except (binascii.Error, UnicodeDecodeError):
                 return None
-            if self.users.check(name, password):
+            if self.users.check(name, password, cached_only=cached_only):
                 return name
         return None
 
@@ -158,7 +158,11 @@ class CacheServer:
         if request.path in ("/", "/health"):
             return await handler(request)
         if is_write or self.config.private:
-            user = await asyncio.get_running_loop().run_in_executor(None, self._user, request)
+            user = self._user(request, cached_only=True)
+            if user is None:
+                # A password not seen before costs an scrypt: keep it off the event loop.
+                loop = asyncio.get_running_loop()
+                user = await loop.run_in_executor(None, self._user, request)
             if user is None:
                 what = "uploads" if is_write else "this cache"
                 return error(
@@ -198,6 +202,20 @@ class CacheServer:
         if declared is not None and declared > max_size:
             return error(413, f"the body ({declared} bytes) is over the limit of {max_size} bytes")
         loop = asyncio.get_running_loop()
+        if declared is not None and declared <= WRITE_PIECE:
+            # Small blobs: one read, then one trip to a worker thread for write + fsync + rename.
+            try:
+                body = await request.content.readexactly(declared)
+            except (asyncio.IncompleteReadError, ConnectionError) as failure:
+                log.warning("upload broken off: %s; nothing was stored", failure)
+                return error(400, "truncated upload; nothing was stored")
+            try:
+                digest = await loop.run_in_executor(None, self._store_whole, body, expected)
+            except HashMismatch as failure:
+                return error(400, f"hash mismatch: {failure}")
+            except OSError as failure:
+                return self._storage_error(failure)
+            return web.Response(status=201, text=digest)
         try:
             writer = await loop.run_in_executor(None, self.blobs.writer, max_size)
         except OSError as failure:
@@ -210,6 +228,7 @@ class CacheServer:
                 if len(piece) >= WRITE_PIECE:
                     if pending is not None:
                         await pending
+                    # Hashing and writing run in a thread while the next piece arrives.
                     pending = loop.run_in_executor(None, writer.write, piece)
                     piece = bytearray()
             if pending is not None:
@@ -237,6 +256,11 @@ class CacheServer:
             writer.abort()
             raise
         return web.Response(status=201, text=digest)
+
+    def _store_whole(self, body: bytes, expected: str | None) -> str:
+        writer = self.blobs.writer()
+        writer.write(body)
+        return writer.commit(expected)
 
     def _storage_error(self, failure: OSError) -> web.Response:
         if isinstance(failure, StorageFull):

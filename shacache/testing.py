@@ -103,7 +103,9 @@ def start_cache_server(
         except requests.RequestException:
             if time.monotonic() > deadline:
                 process.kill()
-                raise RuntimeError(f"kiln cache serve did not start: {log_path.read_text()}") from None
+                raise RuntimeError(
+                    f"kiln cache serve did not start: {log_path.read_text()}"
+                ) from None
             time.sleep(0.1)
     match = re.search(r"password: (\S+)", log_path.read_text())
     return RunningCache(root, url, "uploader", match[1] if match else "", process, log_path, args)

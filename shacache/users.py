@@ -101,7 +101,8 @@ class CachedChecker:
         self._good: dict[bytes, str] = {}
         self._stamp = 0.0
 
-    def check(self, name: str, password: str) -> bool:
+    def check(self, name: str, password: str, cached_only: bool = False) -> bool:
+        """Whether the credential is good; with ``cached_only``, answer False unless remembered."""
         try:
             stamp = self._database.path.stat().st_mtime
         except FileNotFoundError:
@@ -113,7 +114,7 @@ class CachedChecker:
         token = hashlib.sha256(f"{name}\0{password}".encode()).digest()
         if self._good.get(token) == name:
             return True
-        if not self._database.check(name, password):
+        if cached_only or not self._database.check(name, password):
             return False
         if len(self._good) >= self._capacity:
             self._good.clear()

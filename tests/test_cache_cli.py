@@ -67,7 +67,9 @@ def test_keygen_upload_lookup_download_and_gc(server: RunningCache, tmp_path: Pa
     untrusted = kiln("lookup", "kiln-part:zstd", *common, cwd=tmp_path)
     assert "UNTRUSTED" in untrusted.stdout and "no trusted keys" in untrusted.stdout
 
-    refused = kiln("download", "--key", "kiln-part:zstd", "-o", "x", *common, cwd=tmp_path, ok=False)
+    refused = kiln(
+        "download", "--key", "kiln-part:zstd", "-o", "x", *common, cwd=tmp_path, ok=False
+    )
     assert refused.returncode != 0 and "kiln cache lookup" in refused.stderr
     kiln(
         "download", "--key", "kiln-part:zstd", "--select", "part=zstd", "--trust", "alice.pub",
@@ -90,10 +92,14 @@ def test_keygen_upload_lookup_download_and_gc(server: RunningCache, tmp_path: Pa
 
 
 def test_wrong_input_gets_an_error_naming_it(server: RunningCache, tmp_path: Path) -> None:
-    result = kiln("download", "not-a-hash", "-o", "x", "--cache", server.url, cwd=tmp_path, ok=False)
+    result = kiln(
+        "download", "not-a-hash", "-o", "x", "--cache", server.url, cwd=tmp_path, ok=False
+    )
     assert "not a sha512" in result.stderr
     result = kiln("serve", "--listen", "nowhere", cwd=tmp_path, ok=False)
     assert "HOST:PORT" in result.stderr
     (tmp_path / "bad.pub").write_text("alice:???\n")
-    result = kiln("lookup", "k", "--trust", "bad.pub", "--cache", server.url, cwd=tmp_path, ok=False)
+    result = kiln(
+        "lookup", "k", "--trust", "bad.pub", "--cache", server.url, cwd=tmp_path, ok=False
+    )
     assert "base64" in result.stderr

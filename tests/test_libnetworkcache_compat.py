@@ -128,7 +128,16 @@ def test_legacy_uploads_without_a_client_certificate_are_refused(tls_cache: TlsC
     config = tls_cache.legacy_config()
     # A self-made certificate that the server's CA did not issue.
     other = tls_cache.directory / "other"
-    kiln("adduser", "intruder", "--root", str(other), "--cert", "--out", "other", cwd=tls_cache.directory)
+    kiln(
+        "adduser",
+        "intruder",
+        "--root",
+        str(other),
+        "--cert",
+        "--out",
+        "other",
+        cwd=tls_cache.directory,
+    )
     for where in ("shacache", "shadir"):
         config[f"{where}-cert-file"] = str(other / "intruder.crt")
         config[f"{where}-key-file"] = str(other / "intruder.key")

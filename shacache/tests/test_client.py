@@ -51,7 +51,9 @@ def test_untrusted_and_unsigned_entries_are_never_used(
     assert client.select("pypi:demo=1") == []
 
 
-def test_signing_is_required_before_anything_is_sent(cache_server: RunningCache, tmp_path: Path) -> None:
+def test_signing_is_required_before_anything_is_sent(
+    cache_server: RunningCache, tmp_path: Path
+) -> None:
     source = tmp_path / "f"
     source.write_bytes(b"payload")
     unsigned = CacheClient.from_url(cache_server.upload_url)

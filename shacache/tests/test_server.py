@@ -71,7 +71,9 @@ def test_put_by_name_verifies_the_bytes(cache_server: RunningCache) -> None:
     digest = hashlib.sha512(data).hexdigest()
     url = f"{cache_server.url}/shacache/{digest}"
     assert requests.put(url, data=data, auth=cache_server.auth).status_code == 201
-    wrong = requests.put(f"{cache_server.url}/shacache/{'1' * 128}", data=data, auth=cache_server.auth)
+    wrong = requests.put(
+        f"{cache_server.url}/shacache/{'1' * 128}", data=data, auth=cache_server.auth
+    )
     assert wrong.status_code == 400 and "hash mismatch" in wrong.text
     assert len(stored_files(cache_server.root)) == 1
 
@@ -84,7 +86,9 @@ def test_entries_append_newest_last_and_ignore_exact_duplicates(cache_server: Ru
     assert requests.get(url).json() == [json.loads(first), json.loads(second)]
 
 
-def test_missing_or_wrong_credentials_are_refused_and_store_nothing(cache_server: RunningCache) -> None:
+def test_missing_or_wrong_credentials_are_refused_and_store_nothing(
+    cache_server: RunningCache,
+) -> None:
     url = f"{cache_server.url}/shacache"
     for auth in (None, ("uploader", "wrong"), ("nobody", cache_server.password)):
         response = requests.post(url, data=b"x", auth=auth)
@@ -196,8 +200,11 @@ def send_partial_upload(server: RunningCache, declared: int, sent: int) -> socke
     return sock
 
 
-def test_truncated_upload_stores_nothing(cache_server: RunningCache) -> None:
-    sock = send_partial_upload(cache_server, declared=3_000_000, sent=1_500_000)
+@pytest.mark.parametrize(("declared", "sent"), [(3_000_000, 1_500_000), (100_000, 40_000)])
+def test_truncated_upload_stores_nothing(
+    cache_server: RunningCache, declared: int, sent: int
+) -> None:
+    sock = send_partial_upload(cache_server, declared=declared, sent=sent)
     time.sleep(0.3)
     sock.close()
     deadline = time.monotonic() + 10
@@ -254,7 +261,9 @@ def test_private_cache_needs_credentials_to_download(tmp_path: Path) -> None:
 def test_full_disk_answers_507_and_recovers(tmp_path: Path) -> None:
     mount_point = tmp_path / "small"
     mount_point.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)]).returncode:
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)]
+    ).returncode:
         pytest.skip("mounting a tmpfs needs root")
     server = start_cache_server(mount_point / "cache")
     try:

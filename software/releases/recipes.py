@@ -68,6 +68,11 @@ class SystemPython:
     update = install
 
 
+def canonical_name(name: str) -> str:
+    """PEP 503 name: `typing_extensions` and `Typing.Extensions` pin the same thing."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def _project_files(source: Path) -> list[Path]:
     """The files a wheel of the project at ``source`` is built from (per pyproject.toml)."""
     pyproject = source / "pyproject.toml"
@@ -98,7 +103,7 @@ class Venv:
       packages  pip requirements, one a line (names; versions come from [versions])
       source    optional local project directory: a wheel is built from a copy of it
       versions  section of pins (default ``python-versions``)
-    With with ``allow-picked-versions =
+    With ``allow-picked-versions =
     false`` an installed distribution without a pin fails the part, naming the pins to add.
     pip reads the machine's own pip configuration (index, find-links): the profile names
     no package registry.
@@ -110,7 +115,9 @@ class Venv:
         options["location"] = os.path.join(buildout["buildout"]["parts-directory"], name)
         versions_section = options.get("versions", "python-versions")
         self.pins = {
-            k.lower(): v for k, v in buildout[versions_section].items() if not k.startswith("_")
+            canonical_name(k): v
+            for k, v in buildout[versions_section].items()
+            if not k.startswith("_")
         }
         self.strict = buildout["buildout"].get("allow-picked-versions", "true") == "false"
         options["pins"] = " ".join(f"{n}=={self.pins[n]}" for n in sorted(self.pins))
@@ -137,8 +144,8 @@ class Venv:
         unpinned = [
             f"{dist['name']} = {dist['version']}"
             for dist in json.loads(listed)
-            if dist["name"].lower() != "kiln"
-            and self.pins.get(dist["name"].lower()) != dist["version"]
+            if canonical_name(dist["name"]) != "kiln"
+            and self.pins.get(canonical_name(dist["name"])) != dist["version"]
         ]
         if unpinned and self.strict:
             raise zc.buildout.UserError(
