@@ -239,8 +239,11 @@ class BinaryCache:
             counts[report.outcome] = counts.get(report.outcome, 0) + 1
         summary = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
         log.info("binary cache summary: %s", summary or "no parts")
+        inputs = self.calculator.inputs if self.calculator else {}
         document = {
             "parts": {name: asdict(report) for name, report in self.reports.items()},
+            # What each signature covers, to explain an unexpected miss.
+            "inputs": {name: asdict(value) for name, value in inputs.items()},
             "sources": self.source_events,
             "platform": platform_tuple(),
         }

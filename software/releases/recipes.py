@@ -289,3 +289,37 @@ class Secret:
 
 
 
+
+
+class RunOnce:
+    """Runs ``command`` once per instance and keeps its output in ``creates`` (mode 0600).
+
+    For credentials that a service's own CLI generates (an ingestion policy, a cache
+    upload user): the command runs only while ``creates`` does not exist, so requesting
+    the instance again keeps them.  The output is never logged.
+    """
+
+    def __init__(self, buildout: Any, name: str, options: Options) -> None:
+        self.name = name
+        self.options = options
+
+    def install(self) -> list[str]:
+        creates = Path(self.options["creates"])
+        if creates.exists():
+            return []
+        result = subprocess.run(
+            ["/bin/sh", "-c", self.options["command"]], capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            raise zc.buildout.UserError(
+                f"[{self.name}] command failed (exit {result.returncode}): "
+                f"{result.stderr.strip()[-2000:]}"
+            )
+        creates.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(creates, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as stream:
+            stream.write(result.stdout)
+        # Not returned as installed: uninstalling must not drop the credential.
+        return []
+
+    update = install

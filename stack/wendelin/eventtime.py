@@ -12,13 +12,26 @@ class UnsupportedExtType(ValueError):
     """A msgpack ext type that fluentd never sends; the input is wrong, not transient."""
 
 
+def check(value: msgpack.ExtType) -> msgpack.ExtType:
+    """``value`` if it is a well-formed EventTime; UnsupportedExtType naming the problem."""
+    if value.code != EVENT_TIME_EXT_CODE:
+        raise UnsupportedExtType(
+            f"unsupported msgpack ext type {value.code} as time (only EventTime, type 0)"
+        )
+    if len(value.data) != _SECONDS_NANOS.size:
+        raise UnsupportedExtType(f"EventTime must hold 8 bytes, got {len(value.data)}")
+    return value
+
+
 def ext_hook(code: int, data: bytes) -> msgpack.ExtType:
-    """Keep EventTime as an ExtType (so it re-packs byte for byte); refuse every other ext."""
-    if code != EVENT_TIME_EXT_CODE:
-        raise UnsupportedExtType(f"unsupported msgpack ext type {code} (only EventTime, type 0)")
-    if len(data) != _SECONDS_NANOS.size:
-        raise UnsupportedExtType(f"EventTime must hold 8 bytes, got {len(data)}")
-    return msgpack.ExtType(code, data)
+    """For a message's own fields (the forward protocol's time): only EventTime is allowed."""
+    return check(msgpack.ExtType(code, data))
+
+
+def from_key(key: bytes) -> float:
+    """Seconds of the 8 payload bytes of an EventTime (they sort like the times they hold)."""
+    seconds, nanos = _SECONDS_NANOS.unpack(key)
+    return seconds + nanos * 1e-9
 
 
 def pack(seconds: float) -> msgpack.ExtType:
@@ -37,8 +50,7 @@ def to_seconds(value: object) -> float:
     """
     kind = type(value)
     if kind is msgpack.ExtType:
-        seconds, nanos = _SECONDS_NANOS.unpack(value.data)  # type: ignore[attr-defined]
-        return seconds + nanos * 1e-9
+        return from_key(check(value).data)  # type: ignore[arg-type]
     if kind is int or kind is float:
         return float(value)  # type: ignore[arg-type]
     raise ValueError(
