@@ -49,6 +49,7 @@ from typing import Any
 import zc.buildout
 import zc.buildout.download
 
+from shacache.client import CacheClient, CacheError
 from shacache.part_archive import ARCHIVE_FORMAT, ArchiveError, pack_part, unpack_part
 from shacache.part_signature import PathNormaliser, SignatureCalculator, platform_tuple
 from shacache.source_download import SourceCache
@@ -76,21 +77,19 @@ def _truthy(value: str | None, default: bool) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
-def make_client(buildout: Any) -> Any | None:
+def make_client(buildout: Any) -> CacheClient | None:
     """A CacheClient from the `[networkcache]` section, or None when no cache is set."""
     if "networkcache" not in buildout._raw:
         return None
     section = buildout["networkcache"]
-    options = {key: section[key] for key in section.keys()}
+    options = {key: section[key] for key in section}
     if not any(options.get(name, "").strip() for name in _CLIENT_OPTIONS):
         return None
-    from shacache.client import CacheClient
-
     return CacheClient.from_options(options)
 
 
 class BinaryCache:
-    def __init__(self, buildout: Any, client: Any | None) -> None:
+    def __init__(self, buildout: Any, client: CacheClient | None) -> None:
         self.buildout = buildout
         self.client = client
         self.reports: dict[str, PartReport] = {}
@@ -161,8 +160,6 @@ class BinaryCache:
         if self.client is None or not self.client.can_download:
             self._note(report, "miss (no download cache configured)")
             return None
-        from shacache.client import CacheError
-
         try:
             for entry in self.client.lookup(key):
                 if not entry.trusted:
@@ -196,8 +193,6 @@ class BinaryCache:
     def _publish(self, report: PartReport, installed: Any) -> None:
         if self.client is None or not self.client.can_upload:
             return
-        from shacache.client import CacheError
-
         paths = [installed] if isinstance(installed, str) else list(installed or ())
         with tempfile.TemporaryDirectory(prefix="kiln-pack-") as tmp:
             try:
@@ -259,7 +254,7 @@ class _LazySections:
 
     def __getitem__(self, name: str) -> dict[str, str]:
         section = self._buildout[name]
-        return {key: section[key] for key in section.keys()}
+        return {key: section[key] for key in section}
 
 
 _ACTIVE: dict[int, tuple[BinaryCache, Any]] = {}

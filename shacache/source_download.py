@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import zc.buildout
+import zc.buildout.download
+
 from shacache import debian_sources
+from shacache.client import CacheClient, CacheError
 
 log = logging.getLogger("kiln.source-cache")
 
@@ -39,6 +44,13 @@ def md5_matches(path: Path, md5sum: str | None) -> bool:
     return digest.hexdigest() == md5sum
 
 
+def _temporary_path() -> Path:
+    """A fresh path in the temp directory (as buildout's own downloads use)."""
+    fd, name = tempfile.mkstemp(prefix="kiln-source-")
+    os.close(fd)
+    return Path(name)
+
+
 def _place(tmp: Path, path: str | None) -> tuple[str, bool]:
     """Move a finished download where buildout wants it (as Download.download does)."""
     if path:
@@ -50,7 +62,7 @@ def _place(tmp: Path, path: str | None) -> tuple[str, bool]:
 class SourceCache:
     """Wraps buildout's Download.download with the cache-first lookup described above."""
 
-    def __init__(self, client: Any | None, events: list[str] | None = None) -> None:
+    def __init__(self, client: CacheClient | None, events: list[str] | None = None) -> None:
         self.client = client
         self.events: list[str] = events if events is not None else []
 
@@ -62,8 +74,6 @@ class SourceCache:
     def from_cache(self, url: str, md5sum: str | None) -> Path | None:
         if self.client is None or not self.client.can_download:
             return None
-        from shacache.client import CacheError
-
         key = source_key(url)
         try:
             entries = self.client.select(key, {"url": url})
@@ -71,18 +81,12 @@ class SourceCache:
             self._note("source cache unreachable for %s: %s", url, error)
             return None
         for entry in entries:
-            fd, name = tempfile.mkstemp(prefix="kiln-source-")
-            tmp = Path(name)
-            tmp.unlink()
+            tmp = _temporary_path()
             try:
                 self.client.download(entry["sha512"], tmp)
             except CacheError as error:
                 self._note("source cache entry for %s refused: %s", url, error)
                 continue
-            finally:
-                import os
-
-                os.close(fd)
             if not md5_matches(tmp, md5sum):
                 tmp.unlink()
                 self._note("source cache entry for %s does not match md5sum %s", url, md5sum)
@@ -97,21 +101,14 @@ class SourceCache:
         with tempfile.TemporaryDirectory(prefix="kiln-apt-source-") as workdir:
             fetched = debian_sources.fetch(url, Path(workdir))
             if not md5_matches(fetched, md5sum):
-                import zc.buildout.download
-
                 raise zc.buildout.download.ChecksumError(f"MD5 checksum mismatch for {url}")
-            fd, name = tempfile.mkstemp(prefix="kiln-source-")
-            import os
-
-            os.close(fd)
+            name = str(_temporary_path())
             shutil.move(str(fetched), name)
             return name, True
 
     def upload(self, url: str, path: Path, md5sum: str | None) -> None:
         if self.client is None or not self.client.can_upload:
             return
-        from shacache.client import CacheError
-
         metadata = {"url": url, "filename": Path(url).name}
         if md5sum:
             metadata["md5sum"] = md5sum
@@ -134,8 +131,6 @@ class SourceCache:
             try:
                 name, _is_temp = cache.from_network(original, self, url, md5sum)
             except Exception as error:
-                import zc.buildout
-
                 raise zc.buildout.UserError(
                     f"cannot download {url}: not in the cache (key {source_key(url)}) and "
                     f"the network source failed: {error}\n"

@@ -15,7 +15,7 @@ import pytest
 import requests
 from wendelin import eventtime
 from wendelin.forward_client import ForwardClient
-from wendelin.testing import ServerProcess, add_policy
+from wendelin.testing import ServerProcess, add_policy, cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -23,7 +23,7 @@ FORWARD_CHUNKS = 100_000
 FORWARD_SENDERS = 4
 HTTP_CHUNKS = 1_500
 WINDOW = 2_000  # unacknowledged chunks in flight per connection
-KILLS_AT = (0.12, 0.4, 0.7)  # fractions of acknowledged chunks at which to kill -9
+KILLS_AT = (0.1, 0.3, 0.5, 0.7, 0.85)  # fractions of acknowledged chunks at which to kill -9
 
 
 def forward_chunk(number: int) -> bytes:
@@ -192,3 +192,7 @@ def test_kill_minus_nine_during_100000_chunks_loses_and_duplicates_nothing(tmp_p
     assert len(numbers) == FORWARD_CHUNKS, f"{len(numbers) - len(set(numbers))} duplicates"
     assert sorted(numbers) == list(range(FORWARD_CHUNKS))
     assert sorted(record["h"] for record in http_records) == list(range(HTTP_CHUNKS))
+    # The catalog, synced on shutdown, agrees with the stream.
+    listing = cli("stream", "list", "--root", root)
+    assert "kill.test\tpolicy=kill\tkind=entries\tsize=" in listing
+    assert f"entries={FORWARD_CHUNKS}\t" in listing

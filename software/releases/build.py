@@ -35,7 +35,11 @@ def repository_root() -> Path:
 
 def resolve_release(release: str | Path) -> Path:
     """`software/wendelin`, `wendelin` or a path -> the release directory (with software.cfg)."""
-    candidates = [Path(release), repository_root() / release, repository_root() / "software" / str(release)]
+    candidates = [
+        Path(release),
+        repository_root() / release,
+        repository_root() / "software" / str(release),
+    ]
     for candidate in candidates:
         if (candidate / "software.cfg").is_file():
             return candidate.resolve()
@@ -105,6 +109,12 @@ def read_trusted_keys(values: Sequence[str]) -> list[str]:
     return keys
 
 
+def source_root_of(release_dir: Path) -> Path:
+    """The checkout a release belongs to (software/NAME -> ../..), e.g. a test's snapshot."""
+    candidate = release_dir.parent.parent
+    return candidate if (candidate / "pyproject.toml").is_file() else repository_root()
+
+
 def write_build_profile(
     release_dir: Path, software_dir: Path, cache: CacheSettings, extra: dict[str, str]
 ) -> Path:
@@ -117,7 +127,7 @@ def write_build_profile(
         "",
         "# Where the profiles come from (zc.buildout has no ${:_profile_base_location_}).",
         "[kiln-source]",
-        f"root = {repository_root()}",
+        f"root = {source_root_of(release_dir)}",
         f"release = {release_dir}",
         "",
         "[networkcache]",
@@ -178,7 +188,9 @@ def build_release(
     release_dir = resolve_release(release)
     software_dir = (software_dir or default_software_dir(release_dir)).resolve()
     software_dir.mkdir(parents=True, exist_ok=True)
-    profile = write_build_profile(release_dir, software_dir, cache or CacheSettings(), options or {})
+    profile = write_build_profile(
+        release_dir, software_dir, cache or CacheSettings(), options or {}
+    )
     report = software_dir / REPORT_FILE
     report.unlink(missing_ok=True)
     started = time.monotonic()

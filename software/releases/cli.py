@@ -135,6 +135,36 @@ def build_command(
     click.echo(f"software directory: {result.software_dir}")
 
 
+@software.command("check")
+@click.argument("release")
+@click.option(
+    "--software-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The built release (default: where `kiln software build` puts it).",
+)
+def check_command(release: str, software_dir: Path | None) -> None:
+    """Check that every ELF file of a built RELEASE links sanely (as SlapOS checkSoftware).
+
+    No missing library, only libraries of the release or of the C runtime (libc, libm,
+    libstdc++, ...), and rpaths that stay inside the release.  Exits 1 on any problem.
+    """
+    from releases.elfcheck import check_software
+
+    try:
+        release_dir = resolve_release(release)
+    except BuildError as error:
+        fail(str(error))
+    directory = (software_dir or default_software_dir(release_dir)).resolve()
+    if not directory.is_dir():
+        fail(f"{directory} does not exist: build it first (kiln software build {release})")
+    files, problems = check_software(directory)
+    for problem in problems:
+        click.echo(f"FAIL {problem}")
+    click.echo(f"{len(files)} ELF files checked under {directory}: {len(problems)} problem(s)")
+    if problems:
+        sys.exit(1)
+
+
 @software.command("seed-sources")
 @click.option(
     "--apt",
@@ -178,10 +208,9 @@ def seed_sources_command(
       kiln software seed-sources ... --apt libzstd=1.5.4+dfsg2-5 --from-dir ./debian-sources
       kiln software seed-sources ... --file ./zstd-1.5.4.tar.gz=https://example.org/zstd.tar.gz
     """
+    from releases.seed import seed_debian_package, seed_file
     from shacache.client import CacheClient, CacheError
     from shacache.keys import load_signing_key
-
-    from releases.seed import seed_debian_package, seed_file
 
     if not packages and not files:
         fail("nothing to seed: give --apt PACKAGE=VERSION and/or --file PATH=URL")
@@ -248,7 +277,11 @@ def _parameters(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="Instance parameter.")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for health.")
 def up_command(
-    release: str, root: Path | None, software_dir: Path | None, params: tuple[str, ...], timeout: float
+    release: str,
+    root: Path | None,
+    software_dir: Path | None,
+    params: tuple[str, ...],
+    timeout: float,
 ) -> None:
     """Instantiate RELEASE in --root and start its services; wait until healthy."""
     try:
@@ -264,6 +297,8 @@ def up_command(
     except InstanceError as error:
         fail(str(error))
     _print_checks(root, checks)
+    for path in current.description.get("credentials", []):
+        click.echo(f"credentials generated for this instance (mode 0600): {path}")
     if not all(check.ok for check in checks):
         sys.exit(1)
 
@@ -278,14 +313,18 @@ def _print_checks(root: Path, checks) -> None:
 def _roots(root: Path | None) -> list[Path]:
     if root is not None:
         return [root.resolve()]
-    found = sorted(p.parent.parent for p in default_root("*").parent.glob("*/etc/kiln-instance.json"))
+    found = sorted(
+        p.parent.parent for p in default_root("*").parent.glob("*/etc/kiln-instance.json")
+    )
     if not found:
         fail("no instance found under ~/.kiln/instance: give --root DIR")
     return found
 
 
 @instance.command("down")
-@click.option("--root", type=click.Path(file_okay=False, path_type=Path), help="Instance directory.")
+@click.option(
+    "--root", type=click.Path(file_okay=False, path_type=Path), help="Instance directory."
+)
 def down_command(root: Path | None) -> None:
     """Stop the services of an instance (all default instances without --root)."""
     for directory in _roots(root):
@@ -297,7 +336,9 @@ def down_command(root: Path | None) -> None:
 
 
 @instance.command("status")
-@click.option("--root", type=click.Path(file_okay=False, path_type=Path), help="Instance directory.")
+@click.option(
+    "--root", type=click.Path(file_okay=False, path_type=Path), help="Instance directory."
+)
 def status_command(root: Path | None) -> None:
     """Say whether an instance is healthy, and why not: processes and health checks.
 

@@ -112,10 +112,20 @@ class Instance:
                 if len(fields) >= 2:
                     running = fields[1] == "RUNNING"
                     detail = " ".join(fields[1:])
+                    if not running:
+                        detail += self._last_log_line(fields[0])
                     results.append(Check(f"process {fields[0]}", running, detail))
         for check in self.description.get("checks", []):
             results.append(run_check(check))
         return results
+
+    def _last_log_line(self, program: str) -> str:
+        log = self.root / "var" / "log" / f"{program}.log"
+        try:
+            lines = log.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return f"; last log line ({log}): {lines[-1]}" if lines else ""
 
     def healthy(self) -> bool:
         return all(check.ok for check in self.checks())
@@ -143,8 +153,8 @@ def run_check(check: dict) -> Check:
             with urllib.request.urlopen(check["http"], timeout=5) as response:
                 return Check(name, True, f"{check['http']} answered {response.status}")
         except urllib.error.HTTPError as error:
-            ok = error.code < 500
-            return Check(name, ok, f"{check['http']} answered {error.code}")
+            # A health endpoint answers 2xx; anything else is a failure (or another server).
+            return Check(name, False, f"{check['http']} answered {error.code}")
         except (urllib.error.URLError, OSError) as error:
             return Check(name, False, f"{check['http']}: {getattr(error, 'reason', error)}")
     return Check(name, False, f"unknown check {check!r}")

@@ -10,10 +10,8 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import shutil
 import subprocess
-import sys
 import tempfile
 import tomllib
 from pathlib import Path
@@ -51,9 +49,15 @@ class SystemPython:
                 f"python{version}-venv) or set {name}:executable."
             )
         probe = subprocess.run(
-            [found, "-c", "import sys, platform; print(platform.python_implementation(), "
-             "'%d.%d.%d' % sys.version_info[:3])"],
-            capture_output=True, text=True, check=True,
+            [
+                found,
+                "-c",
+                "import sys, platform; print(platform.python_implementation(), "
+                "'%d.%d.%d' % sys.version_info[:3])",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.split()
         if not probe[1].startswith(version + "."):
             raise zc.buildout.UserError(f"[{name}] {found} is Python {probe[1]}, not {version}")
@@ -139,7 +143,9 @@ class Venv:
         location = Path(self.options["location"])
         listed = subprocess.run(
             [str(location / "bin" / "python"), "-m", "pip", "list", "--format", "json"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         unpinned = [
             f"{dist['name']} = {dist['version']}"
@@ -261,36 +267,6 @@ class Render:
     update = install
 
 
-class Secret:
-    """A credential generated once per instance and kept in a file (mode 0600).
-
-    Options: ``file``, ``length`` (bytes of entropy, default 24).  Requesting the
-    instance again keeps the existing secret: instantiation is idempotent.  The secret is
-    never put into buildout's options (so never into .installed.cfg or logs): consumers
-    read ``file``.
-    """
-
-    def __init__(self, buildout: Any, name: str, options: Options) -> None:
-        self.options = options
-
-    def install(self) -> list[str]:
-        path = Path(self.options["file"])
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            secret = secrets.token_urlsafe(int(self.options.get("length", "24")))
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as stream:
-                stream.write(secret + "\n")
-        # Not returned as installed: uninstalling the part must not drop the credential.
-        return []
-
-    update = install
-
-
-
-
-
-
 class RunOnce:
     """Runs ``command`` once per instance and keeps its output in ``creates`` (mode 0600).
 
@@ -320,6 +296,24 @@ class RunOnce:
         with os.fdopen(fd, "w") as stream:
             stream.write(result.stdout)
         # Not returned as installed: uninstalling must not drop the credential.
+        return []
+
+    update = install
+
+
+class RequireFile:
+    """Fails early, with ``hint``, when the file at ``path`` (a parameter) is missing."""
+
+    def __init__(self, buildout: Any, name: str, options: Options) -> None:
+        path = options.get("path", "").strip()
+        if not path or not Path(path).is_file():
+            shown = path or "(empty)"
+            raise zc.buildout.UserError(
+                f"[{name}] no file at {shown}: {options.get('hint', 'check the parameter')}"
+            )
+        options["path"] = os.path.realpath(path)
+
+    def install(self) -> list[str]:
         return []
 
     update = install

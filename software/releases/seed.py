@@ -42,7 +42,9 @@ def _md5(path: Path) -> str:
 def seed_file(client, path: Path, url: str) -> Seeded:
     """Upload ``path`` and index it under the cache key of ``url``."""
     md5 = _md5(path)
-    sha512 = client.upload(path, source_key(url), {"url": url, "filename": path.name, "md5sum": md5})
+    sha512 = client.upload(
+        path, source_key(url), {"url": url, "filename": path.name, "md5sum": md5}
+    )
     return Seeded(url, source_key(url), sha512, md5)
 
 

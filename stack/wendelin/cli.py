@@ -1,6 +1,7 @@
 """`kiln wendelin`: run and administer the data platform."""
 
 import asyncio
+import datetime
 import json
 import logging
 import math
@@ -58,6 +59,13 @@ def wendelin() -> None:
     help="Largest HTTP chunk or forward message; larger ones get 413 or a closed connection.",
 )
 @click.option(
+    "--max-queued-mib",
+    default=256,
+    show_default=True,
+    help="Memory for HTTP bodies being received, and again for data waiting for the disk; "
+    "past either, new data gets 503 + Retry-After (overload) until it drains.",
+)
+@click.option(
     "--dedup-retention-hours",
     default=168.0,
     show_default=True,
@@ -71,6 +79,7 @@ def serve(
     forward_tls_cert: str | None,
     forward_tls_key: str | None,
     max_chunk_mib: int,
+    max_queued_mib: int,
     dedup_retention_hours: float,
     verbose: bool,
 ) -> None:
@@ -81,7 +90,7 @@ def serve(
     """
     from wendelin.server import parse_address, tls_context
     from wendelin.server import serve as run
-    from wendelin.service import Limits
+    from wendelin.service import Limits, RootInUse
 
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -90,18 +99,24 @@ def serve(
         force=True,  # `kiln` set up quieter logging; a service logs one line per request
     )
     limits = Limits(
-        max_chunk_bytes=max_chunk_mib << 20, dedup_retention=dedup_retention_hours * 3600
+        max_chunk_bytes=max_chunk_mib << 20,
+        max_pending_bytes=max_queued_mib << 20,
+        max_receiving_bytes=max_queued_mib << 20,
+        dedup_retention=dedup_retention_hours * 3600,
     )
     forward = None if forward_listen == "off" else parse_address(forward_listen, 24224)
-    asyncio.run(
-        run(
-            root,
-            parse_address(listen, 8080),
-            forward,
-            limits,
-            forward_tls=tls_context(forward_tls_cert, forward_tls_key),
+    try:
+        asyncio.run(
+            run(
+                root,
+                parse_address(listen, 8080),
+                forward,
+                limits,
+                forward_tls=tls_context(forward_tls_cert, forward_tls_key),
+            )
         )
-    )
+    except (RootInUse, OSError) as problem:
+        raise click.ClickException(str(problem)) from None
 
 
 @wendelin.group()
@@ -218,12 +233,14 @@ def stream() -> None:
 def stream_list(root: str) -> None:
     """Streams with sizes, entry counts and times (as of the service's last catalog sync)."""
     for record in _registry(root).catalog.streams():
-        last = (
-            "-"
-            if record.last_ingest is None or math.isnan(record.last_ingest)
-            else (f"{record.last_ingest:.3f}")
-        )
         click.echo(
             f"{record.name}\tpolicy={record.policy}\tkind={record.kind}\tsize={record.size}"
-            f"\tentries={record.entries}\tlast_ingest={last}"
+            f"\tentries={record.entries}\tfirst_time={_iso(record.first_time)}"
+            f"\tlast_time={_iso(record.last_time)}\tlast_ingest={_iso(record.last_ingest)}"
         )
+
+
+def _iso(seconds: float | None) -> str:
+    if seconds is None or math.isnan(seconds):
+        return "-"
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat(timespec="milliseconds")

@@ -75,7 +75,8 @@ class Streams:
 
     def __getitem__(self, name: str) -> "Stream":
         response = self._context.session.get(
-            f"{self._context.url}/api/streams/{quote(name, safe='')}", timeout=60
+            f"{self._context.url}/api/streams/{quote(name, safe='')}",
+            timeout=self._context.timeout,
         )
         if response.status_code == 404:
             raise KeyError(name)

@@ -27,16 +27,22 @@ def gunzip(blob: bytes, limit: int) -> bytes:
 
 
 def unzstd(blob: bytes, limit: int) -> bytes:
-    try:
-        reader = zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True)
-        out = reader.read(limit + 1)
-        while len(out) <= limit:
-            more = reader.read(limit + 1 - len(out))
-            if not more:
-                break
-            out += more
-    except zstandard.ZstdError as error:
-        raise DecompressionError(f"bad zstd data: {error}") from None
-    if len(out) > limit:
-        raise DecompressionError(f"decompressed chunk is larger than {limit} bytes")
-    return out
+    """Every zstd frame, as for gzip members; a truncated frame is an error, not less data."""
+    out = bytearray()
+    while blob:
+        decompressor = zstandard.ZstdDecompressor().decompressobj()
+        position = 0
+        # No output bound in this API: feed small pieces so a bomb stops early (a 1 KiB piece
+        # yields at most 32 MiB, zstd's RLE-block worst case).
+        while position < len(blob) and not decompressor.eof:
+            try:
+                out += decompressor.decompress(blob[position : position + 1024])
+            except zstandard.ZstdError as error:
+                raise DecompressionError(f"bad zstd data: {error}") from None
+            position += 1024
+            if len(out) > limit:
+                raise DecompressionError(f"decompressed chunk is larger than {limit} bytes")
+        if not decompressor.eof:
+            raise DecompressionError("truncated zstd data")
+        blob = decompressor.unused_data + blob[position:]
+    return bytes(out)

@@ -23,11 +23,6 @@ def check(value: msgpack.ExtType) -> msgpack.ExtType:
     return value
 
 
-def ext_hook(code: int, data: bytes) -> msgpack.ExtType:
-    """For a message's own fields (the forward protocol's time): only EventTime is allowed."""
-    return check(msgpack.ExtType(code, data))
-
-
 def from_key(key: bytes) -> float:
     """Seconds of the 8 payload bytes of an EventTime (they sort like the times they hold)."""
     seconds, nanos = _SECONDS_NANOS.unpack(key)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import msgpack
 
-from wendelin import chunks, compression, eventtime
+from wendelin import chunks, compression
 from wendelin.ingest import TagRejected, forward_chunk_key, stream_for
 from wendelin.policies import Policy, PolicyRegistry
 from wendelin.streams import NO_KEY, StreamStore, StreamUnavailable
@@ -69,7 +69,9 @@ class ForwardServer:
         self.policies = policies
         self.max_message_bytes = max_message_bytes
         self.max_in_flight = max_in_flight
-        self.hostname = hostname or socket.gethostname()
+        # out_forward refuses a PONG carrying its own self_hostname, and a fluentd on this
+        # machine usually calls itself by the machine's name: so ours is never just that.
+        self.hostname = hostname or f"wendelin@{socket.gethostname()}"
         self.handshake_timeout = handshake_timeout
         self._packer = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape")
         self._connections: set[asyncio.Task[None]] = set()
@@ -107,10 +109,10 @@ class ForwardServer:
             outcome = f"closed: {error}"
         except StreamUnavailable as error:
             outcome = f"closed without ack, retry later: {error}"
-        except (ConnectionError, asyncio.IncompleteReadError):
-            outcome = "connection lost"
-        except TimeoutError:
+        except TimeoutError:  # before OSError, of which it is a subclass
             outcome = "closed: no handshake in time"
+        except (OSError, asyncio.IncompleteReadError) as error:  # includes TLS errors
+            outcome = f"connection lost: {error}"
         finally:
             if in_flight:
                 await asyncio.gather(*in_flight, return_exceptions=True)
@@ -135,10 +137,11 @@ class ForwardServer:
         connection: _Connection,
         in_flight: set[asyncio.Task[None]],
     ) -> None:
+        # Strings decode with surrogateescape so that a record re-packs byte for byte (str stays
+        # str, bin stays bin), and a str32 PackedForward blob turns back into its exact bytes.
         unpacker = msgpack.Unpacker(
             raw=False,
             unicode_errors="surrogateescape",
-            ext_hook=eventtime.ext_hook,
             strict_map_key=False,
             max_buffer_size=self.max_message_bytes,
         )

@@ -25,7 +25,7 @@ from wendelin.httputil import (
     unauthorized,
     unavailable,
 )
-from wendelin.ingest import TagRejected, http_chunk_key, ingest
+from wendelin.ingest import TagRejected, http_chunk_digest, ingest
 from wendelin.policies import Policy
 from wendelin.streams import NO_KEY, StreamUnavailable
 
@@ -41,14 +41,15 @@ async def fluentd_ingest(request: web.Request) -> web.StreamResponse:
     if policy is None:
         return error(404, f"no ingestion policy named {request.match_info['policy']!r}")
     account = service.authenticate(request)
-    if account is None or account.policy is not policy:
+    if account is None or account.policy is None or account.policy.name != policy.name:
         return unauthorized(f"wrong or missing credentials for policy {policy.name}")
     tag = request.query.get("reference")
     if not tag:
         return error(400, "missing ?reference=<tag>")
     limit = service.limits.max_chunk_bytes
+    digest = http_chunk_digest()
     try:
-        body = await read_body(request, limit)
+        body = await read_body(request, limit, digest)
     except BodyTooLarge:
         return too_large(limit)
     if _is_form(body):
@@ -61,7 +62,7 @@ async def fluentd_ingest(request: web.Request) -> web.StreamResponse:
         chunk = chunks.parse_entries(body)
     except chunks.ChunkError as problem:
         return error(400, f"malformed chunk, nothing appended: {problem}")
-    return await _append(policy, tag, chunk, http_chunk_key(body), request)
+    return await _append(policy, tag, chunk, digest.digest(), request)
 
 
 def form_field(body: bytes, name: str) -> bytes:
@@ -133,7 +134,7 @@ def _decode_records(body: bytes, content_type: str) -> list[object]:
             return _as_records(msgpack.unpackb(form_field(body, "msgpack"), strict_map_key=False))
         raise ValueError("form body needs a json= or msgpack= field")
     if content_type in ("application/msgpack", "application/x-msgpack"):
-        return _as_records(msgpack.unpackb(body, strict_map_key=False, ext_hook=eventtime.ext_hook))
+        return _as_records(msgpack.unpackb(body, strict_map_key=False))
     if content_type in ("application/x-ndjson", "application/jsonl"):
         return [json.loads(line) for line in body.splitlines() if line.strip()]
     return _as_records(json.loads(body))

@@ -1,5 +1,6 @@
 """Small helpers shared by the HTTP handlers: keys, error answers, bounded body reading."""
 
+import hashlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -59,15 +60,38 @@ class BodyTooLarge(Exception):
     pass
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The whole body, refusing (413) as soon as it passes ``limit``, whatever it announced."""
+async def read_body(
+    request: web.Request, limit: int, digest: "hashlib._Hash | None" = None
+) -> bytes:
+    """The whole body, refusing (413) as soon as it passes ``limit``, whatever it announced.
+
+    Bodies being received at once share a memory budget: past it, 503 (overload) instead of
+    holding them all. ``digest`` (a hashlib object) is fed piece by piece while the rest is
+    still arriving.
+    """
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge()
+    service = service_of(request)
+    budget = service.limits.max_receiving_bytes
+    announced = request.content_length or 0
+    if service.receiving_bytes and service.receiving_bytes + announced > budget:
+        raise Failure(unavailable("overloaded: too many bodies being received", 2))
     body = bytearray()
-    async for piece in request.content.iter_chunked(1 << 18):
-        body += piece
-        if len(body) > limit:
-            raise BodyTooLarge()
+    service.receiving_bytes += announced
+    try:
+        async for piece in request.content.iter_chunked(1 << 18):
+            body += piece
+            if len(body) > limit:
+                raise BodyTooLarge()
+            if len(body) > announced:  # a chunked body: count it as it grows
+                service.receiving_bytes += len(piece)
+                announced += len(piece)
+                if service.receiving_bytes > budget and service.receiving_bytes > announced:
+                    raise Failure(unavailable("overloaded: too many bodies being received", 2))
+            if digest is not None:
+                digest.update(piece)
+    finally:
+        service.receiving_bytes -= announced
     return bytes(body)
 
 

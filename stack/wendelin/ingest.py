@@ -4,16 +4,19 @@ import hashlib
 
 from wendelin.chunks import Chunk
 from wendelin.policies import Policy
-from wendelin.streams import ENTRIES, NO_KEY, StreamStore, check_stream_name
+from wendelin.streams import ENTRIES, NO_KEY, Stream, StreamStore, check_stream_name
 
 
 class TagRejected(Exception):
     """The policy does not take this tag: a permanent refusal (HTTP 403, forward: no ack)."""
 
 
-def http_chunk_key(body: bytes) -> bytes:
-    """Dedup key of an HTTP chunk: a byte-identical resend to the same stream is a retry."""
-    return hashlib.sha256(b"http\0" + body).digest()
+def http_chunk_digest() -> "hashlib._Hash":
+    """Feed it an HTTP chunk's body; its digest is the chunk's dedup key.
+
+    A byte-identical resend to the same stream is a retry, not new data.
+    """
+    return hashlib.sha256(b"http\0")
 
 
 def forward_chunk_key(chunk_id: bytes) -> bytes:
@@ -21,7 +24,7 @@ def forward_chunk_key(chunk_id: bytes) -> bytes:
     return hashlib.sha256(b"forward\0" + chunk_id).digest()
 
 
-def stream_for(store: StreamStore, policy: Policy, tag: str, kind: str = ENTRIES):
+def stream_for(store: StreamStore, policy: Policy, tag: str, kind: str = ENTRIES) -> Stream:
     """The stream a policy writes ``tag`` to, created on first use."""
     if not policy.accepts(tag):
         raise TagRejected(

@@ -57,14 +57,13 @@ async def serve(
     forward_listen: tuple[str, int] | None,
     limits: Limits,
     forward_tls: ssl.SSLContext | None = None,
-    http_tls: ssl.SSLContext | None = None,
 ) -> None:
     service = Service(root, limits)
     runner = web.AppRunner(
         make_app(service), access_log_format=ACCESS_LOG_FORMAT, handle_signals=False
     )
     await runner.setup()
-    site = web.TCPSite(runner, listen[0], listen[1], ssl_context=http_tls, backlog=512)
+    site = web.TCPSite(runner, listen[0], listen[1], backlog=512)
     await site.start()
     forward_server = None
     if forward_listen is not None:

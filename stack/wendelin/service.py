@@ -3,6 +3,7 @@
 import asyncio
 import base64
 import binascii
+import fcntl
 import logging
 import math
 import os
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from wendelin.catalog import SQLiteCatalog, StreamRecord
+from wendelin.catalog import Catalog, SQLiteCatalog, StreamRecord
 from wendelin.policies import Policy, PolicyRegistry
 from wendelin.streams import Stream, StreamStore
 
@@ -22,6 +23,7 @@ class Limits:
     max_chunk_bytes: int = 64 << 20  # one HTTP chunk or one forward message
     max_upload_bytes: int = 16 << 30  # a manual raw upload, streamed to disk
     max_pending_bytes: int = 256 << 20  # queued for commit before answering 503
+    max_receiving_bytes: int = 256 << 20  # HTTP bodies being received at once, likewise
     dedup_retention: float = 7 * 24 * 3600.0
 
 
@@ -40,11 +42,15 @@ class Account:
 
 
 class Service:
-    def __init__(self, root: str, limits: Limits | None = None) -> None:
+    def __init__(
+        self, root: str, limits: Limits | None = None, catalog: Catalog | None = None
+    ) -> None:
         self.root = os.path.abspath(root)
         os.makedirs(self.root, exist_ok=True)
+        self._lock = _lock_root(self.root)
         self.limits = limits or Limits()
-        self.catalog = SQLiteCatalog(os.path.join(self.root, "catalog.sqlite"))
+        # The embedded default; any Catalog (a PostgreSQL one later) can be passed instead.
+        self.catalog = catalog or SQLiteCatalog(os.path.join(self.root, "catalog.sqlite"))
         self.policies = PolicyRegistry(self.root, self.catalog)
         self.store = StreamStore(
             self.root,
@@ -52,6 +58,7 @@ class Service:
             max_pending_bytes=self.limits.max_pending_bytes,
         )
         self.shutting_down = False
+        self.receiving_bytes = 0  # HTTP bodies in memory right now (see httputil.read_body)
 
     def authenticate(self, request: web.Request) -> Account | None:
         """HTTP Basic against policy users, then reader accounts."""
@@ -106,3 +113,20 @@ class Service:
         await self.store.close()
         self.sync_catalog()
         self.catalog.close()
+        os.close(self._lock)
+
+
+class RootInUse(RuntimeError):
+    pass
+
+
+def _lock_root(root: str) -> int:
+    """One service per root: two writers would interleave their appends. The kernel drops
+    the lock when the process dies, even by SIGKILL, so a crash never leaves it behind."""
+    descriptor = os.open(os.path.join(root, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise RootInUse(f"another wendelin service is using {root}") from None
+    return descriptor

@@ -44,6 +44,10 @@ ENTRIES = "entries"
 RAW = "raw"
 STREAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 NO_KEY = bytes(32)
+# Remembered chunk keys per stream (about 140 bytes each), besides the retention window.
+MAX_DEDUP_KEYS = 1_000_000
+# Chunks one entry scan looks at before answering with a cursor (bounded work per request).
+MAX_CHUNKS_PER_SCAN = 200_000
 _MAGIC = b"WDS1"
 # magic, end offset, entries in total, min time, max time, commit time, dedup key, crc32
 _RECORD = struct.Struct("<4sQQddd32sI")
@@ -132,6 +136,8 @@ class Stream:
         self._entry_totals = array("q")
         self._min_times = array("d")
         self._max_times = array("d")
+        # Running maximum of _max_times: sorted, so a time query bisects past old chunks.
+        self._max_time_prefix = array("d")
         self._dedup: dict[bytes, float] = {}
         self._in_flight: dict[bytes, asyncio.Future[bool]] = {}
         self._pending: list[_Pending] = []
@@ -146,28 +152,24 @@ class Stream:
 
     def _recover(self) -> None:
         """Load the index, drop a torn tail of index or data, and rebuild the dedup table."""
-        index_bytes = os.pread(self._index_fd, os.fstat(self._index_fd).st_size, 0)
-        valid = len(index_bytes) - len(index_bytes) % _RECORD.size
-        horizon = time.time() - self._dedup_retention
-        for number, record in enumerate(_RECORD.iter_unpack(index_bytes[:valid])):
-            magic, end, total, low, high, committed, key, crc = record
-            start = number * _RECORD.size
-            if magic != _MAGIC or zlib.crc32(index_bytes[start : start + _CRC_SPAN]) != crc:
-                valid = start
-                break
-            self._remember(end, total, low, high, committed)
-            if key != NO_KEY and committed >= horizon:
-                self._dedup[key] = committed
+        index_size = os.fstat(self._index_fd).st_size
         data_size = os.fstat(self._data_fd).st_size
+        horizon = time.time() - self._dedup_retention
+        valid = 0
+        piece_size = _RECORD.size * 65536  # read the index in 5 MiB pieces, not whole
+        complete = index_size - index_size % _RECORD.size
+        while valid < complete:
+            piece = os.pread(self._index_fd, min(piece_size, complete - valid), valid)
+            good = self._load_records(piece, data_size, horizon)
+            valid += good
+            if good < len(piece) or not piece:
+                break
         committed_size = self._ends[-1] if self._ends else 0
-        if data_size < committed_size:
-            # The data is fsynced before its index record, so this means the disk lost data.
-            raise OSError(errno.EIO, f"stream {self.name}: data shorter than its index")
-        if valid != len(index_bytes) or data_size != committed_size:
+        if valid != index_size or data_size != committed_size:
             log.warning(
                 "stream %s: dropping a torn tail (%d index bytes, %d data bytes) from a crash",
                 self.name,
-                len(index_bytes) - valid,
+                index_size - valid,
                 data_size - committed_size,
             )
             os.ftruncate(self._index_fd, valid)
@@ -175,12 +177,33 @@ class Stream:
             os.fsync(self._index_fd)
             os.fsync(self._data_fd)
         self._index_size = valid
+        self.prune_dedup()
+
+    def _load_records(self, piece: bytes, data_size: int, horizon: float) -> int:
+        """Remember the valid records at the start of ``piece``; how many bytes they span."""
+        for number, record in enumerate(_RECORD.iter_unpack(piece)):
+            magic, end, total, low, high, committed, key, crc = record
+            start = number * _RECORD.size
+            if magic != _MAGIC or zlib.crc32(piece[start : start + _CRC_SPAN]) != crc:
+                return start
+            if end > data_size:
+                # Data is fsynced before its index record: only a failing disk gets here.
+                log.error(
+                    "stream %s: data shorter than its index; keeping what is there", self.name
+                )
+                return start
+            self._remember(end, total, low, high, committed)
+            if key != NO_KEY and committed >= horizon:
+                self._dedup[key] = committed
+        return len(piece)
 
     def _remember(self, end: int, total: int, low: float, high: float, committed: float) -> None:
         self._ends.append(end)
         self._entry_totals.append(total)
         self._min_times.append(low)
         self._max_times.append(high)
+        previous = self._max_time_prefix[-1] if self._max_time_prefix else -math.inf
+        self._max_time_prefix.append(previous if math.isnan(high) else max(previous, high))
         stats = self.stats
         stats.size = end
         stats.entries = total
@@ -335,8 +358,18 @@ class Stream:
             await asyncio.shield(self._committer)
 
     def prune_dedup(self) -> None:
+        """Forget keys past the retention window, oldest first, and beyond MAX_DEDUP_KEYS.
+
+        The table is in commit order (dicts keep insertion order), so the stale keys are a
+        prefix and pruning stops at the first fresh one.
+        """
         horizon = time.time() - self._dedup_retention
-        stale = [key for key, committed in self._dedup.items() if committed < horizon]
+        excess = len(self._dedup) - MAX_DEDUP_KEYS
+        stale = []
+        for key, committed in self._dedup.items():
+            if committed >= horizon and len(stale) >= excess:
+                break
+            stale.append(key)
         for key in stale:
             del self._dedup[key]
 
@@ -386,14 +419,20 @@ class Stream:
         stop = total if stop is None else min(stop, total)
         chunk_count = len(self._ends)
         number = self.chunk_of_entry(start)
+        # Every chunk before the running maximum reaches `since` is too old: skip them at once.
+        number = max(number, bisect.bisect_left(self._max_time_prefix, since))
+        index = max(start, self._entry_totals[number - 1] if number else 0)
         found: list[bytes] = []
         scanned = 0
-        index = start
+        examined = 0
         while number < chunk_count and index < stop:
             first_entry = self._entry_totals[number - 1] if number else 0
+            examined += 1
             if self._max_times[number] < since or self._min_times[number] >= until:
                 number += 1
                 index = max(index, self._entry_totals[number - 1])
+                if examined >= MAX_CHUNKS_PER_SCAN and number < chunk_count and index < stop:
+                    return b"".join(found), index
                 continue
             begin, end = self.chunk_span(number)
             data = self.read(begin, end - begin)

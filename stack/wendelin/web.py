@@ -13,7 +13,7 @@ import time
 
 from aiohttp import web
 
-from wendelin import chunks, eventtime
+from wendelin import chunks, eventtime, plot
 from wendelin.api import describe, readable_stream, to_json_entry, writable_stream
 from wendelin.httputil import (
     BodyTooLarge,
@@ -32,7 +32,8 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; co
 h1 { font-size: 1.5em; } h2 { font-size: 1.15em; margin-top: 1.6em; }
 table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: .35em .7em; border-bottom: 1px solid #ddd; }
-th { background: #f3f5f7; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f3f5f7; }
+td.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 code, pre { font-family: ui-monospace, monospace; font-size: .9em; }
 pre { margin: 0; white-space: pre-wrap; word-break: break-all; }
 form { margin: .6em 0; padding: .8em; background: #f7f7f9; border: 1px solid #e3e3e8; }
@@ -73,7 +74,7 @@ async def index(request: web.Request) -> web.Response:
     policies = [
         policy
         for policy in service.policies.all()
-        if account.policy is None or policy is account.policy
+        if account.policy is None or policy.name == account.policy.name
     ]
     rows = []
     for policy in policies:
@@ -155,6 +156,9 @@ async def stream_page(request: web.Request) -> web.Response:
             f"<td><pre>{html.escape(json.dumps(record, ensure_ascii=False))}</pre></td></tr>"
             for number, (seconds, record) in reversed(list(enumerate(entries)))
         )
+        chart = plot.svg(plot.numeric_series(entries))
+        if chart:
+            body += f"<h2>Recent values</h2>{chart}"
         body += (
             f"<h2>Latest entries</h2><table><tr><th>#</th><th>time</th><th>record</th></tr>"
             f"{rows or '<tr><td colspan=3 class=muted>empty</td></tr>'}</table>"

@@ -95,6 +95,23 @@ def test_wave_opens_the_stream_over_http_ranges(filled) -> None:
         assert remote.read() == wav[-4:]
 
 
+def test_open_fetches_only_what_is_read(filled, monkeypatch) -> None:
+    deployment, _ = filled
+    stream = client.connect(deployment.url, *deployment.auth()).streams["sensor.audio"]
+    fetched: list[int] = []
+    original = client.Stream.read
+
+    def counting(self, start: int, end: int) -> bytes:
+        fetched.append(end - start)
+        return original(self, start, end)
+
+    monkeypatch.setattr(client.Stream, "read", counting)
+    with stream.open(block_size=4096) as remote, wave.open(remote) as audio:
+        audio.setpos(30000)
+        audio.readframes(100)
+    assert sum(fetched) <= 4 * 4096 < stream.size  # the header and one block, not the file
+
+
 def test_range_requests_follow_http_semantics(filled) -> None:
     deployment, wav = filled
     url, auth = f"{deployment.url}/api/streams/sensor.audio/data", deployment.auth()
@@ -135,3 +152,12 @@ def test_manual_append_to_entry_and_raw_streams(filled) -> None:
     assert response.json()["size"] == len(wav) + 4
     bad = requests.post(entries_url, data=b"\xc1", auth=auth)
     assert bad.status_code == 400
+
+
+def test_entry_reads_of_a_raw_stream_say_why_not(filled) -> None:
+    deployment, _ = filled
+    response = requests.get(
+        f"{deployment.url}/api/streams/sensor.audio/entries", auth=deployment.auth()
+    )
+    assert response.status_code == 409
+    assert "raw bytes" in response.text

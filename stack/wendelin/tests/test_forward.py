@@ -93,6 +93,13 @@ def test_both_anonymous_user_forms_of_out_forward_are_accepted(deployment, salte
         assert client.read_ack() == "c"
 
 
+def test_a_fluentd_on_the_same_machine_gets_a_pong_it_accepts(deployment) -> None:
+    # out_forward's self_hostname defaults to the machine's name; a PONG with that same
+    # name would be refused by it as coming from itself.
+    with connect(deployment, hostname=socket.gethostname()) as client:
+        assert client.server_hostname != socket.gethostname()
+
+
 def test_wrong_shared_key_is_refused_with_a_reason(deployment) -> None:
     with pytest.raises(HandshakeFailed, match="shared_key mismatch"):
         ForwardClient("127.0.0.1", deployment.forward_port, shared_key="not the key")

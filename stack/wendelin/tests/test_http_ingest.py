@@ -8,6 +8,7 @@ import urllib.parse
 import msgpack
 import pytest
 import requests
+from wendelin.testing import add_policy, cli
 
 pytestmark = pytest.mark.integration
 
@@ -188,3 +189,13 @@ def test_tags_endpoint_takes_json_ndjson_msgpack_and_forms(deployment) -> None:
         url.replace("/tags/", "/api/streams/") + "/entries?format=json", auth=auth
     ).json()
     assert entries[1][0] == 1_700_000_000.5
+
+
+def test_policies_added_and_removed_by_the_cli_apply_without_restart(deployment) -> None:
+    root = deployment.server.root
+    credentials = add_policy(root, "late", "--tag-pattern", "late.*")
+    auth = (credentials["user"], credentials["password"])
+    url = ingest_url(deployment, "late.one", policy="late")
+    assert requests.post(url, data=GOOD, auth=auth).status_code == 204
+    cli("policy", "remove", "--root", root, "late")
+    assert requests.post(url, data=GOOD, auth=auth).status_code == 404

@@ -118,3 +118,76 @@ def test_raw_upload_streams_and_indexes_one_chunk(tmp_path) -> None:
     assert stream is not None and stream.stats.size == 3000 and stream.kind == "raw"
     assert stream.read(999, 2) == b"\x00\x01"
     run(store.close())
+
+
+def test_too_much_queued_data_is_refused_as_transient(tmp_path) -> None:
+    from wendelin.streams import StreamUnavailable
+
+    async def flood() -> None:
+        store = StreamStore(str(tmp_path), max_pending_bytes=100)
+        stream = store.open_or_create("s", "p")
+        first = stream.append(chunk_of(*range(20)))  # queued, larger than the bound alone
+        with pytest.raises(StreamUnavailable, match="overloaded"):
+            stream.append(chunk_of(*range(20)))
+        assert await first is True
+        await store.close()
+
+    run(flood())
+
+
+def test_closing_refuses_new_appends_but_commits_queued_ones(tmp_path) -> None:
+    from wendelin.streams import StreamUnavailable
+
+    async def shut_down() -> None:
+        store = StreamStore(str(tmp_path))
+        stream = store.open_or_create("s", "p")
+        queued = stream.append(chunk_of(1))
+        store.start_closing()
+        with pytest.raises(StreamUnavailable, match="shutting down"):
+            stream.append(chunk_of(2))
+        await store.close()
+        assert queued.result() is True
+
+    run(shut_down())
+    store = StreamStore(str(tmp_path))
+    assert store.get("s").stats.entries == 1  # type: ignore[union-attr]
+    run(store.close())
+
+
+def test_dedup_memory_is_bounded_oldest_keys_first(tmp_path, monkeypatch) -> None:
+    from wendelin import streams
+
+    monkeypatch.setattr(streams, "MAX_DEDUP_KEYS", 3)
+    keys = [bytes([number]) * 32 for number in range(1, 6)]
+    run(append_all(str(tmp_path), [(chunk_of(n), key) for n, key in enumerate(keys)]))
+    store = StreamStore(str(tmp_path))  # reopening prunes to the bound
+    stream = store.get("s")
+    assert stream is not None
+
+    async def resend() -> list[bool]:
+        return [
+            await stream.append(chunk_of(0), keys[0]),
+            await stream.append(chunk_of(4), keys[4]),
+        ]
+
+    assert run(resend()) == [True, False]  # the oldest key was forgotten, the newest is known
+    run(store.close())
+
+
+def test_time_queries_skip_old_chunks_without_reading_them(tmp_path) -> None:
+    run(append_all(str(tmp_path), [(chunk_of(n), bytes(32)) for n in range(100)]))
+    store = StreamStore(str(tmp_path))
+    stream = store.get("s")
+    assert stream is not None
+    reads: list[int] = []
+    original = stream.read
+
+    def counting_read(offset: int, length: int) -> bytes:
+        reads.append(offset)
+        return original(offset, length)
+
+    stream.read = counting_read  # type: ignore[method-assign]
+    data, next_start = stream.scan_entries(since=1095.0)
+    assert [record["n"] for _, record in chunks.iter_entries(data)] == [95, 96, 97, 98, 99]
+    assert len(reads) == 5 and next_start is None  # only the 5 chunks that can match
+    run(store.close())

@@ -93,6 +93,7 @@ def test_stream_page_shows_latest_entries_and_forms(site, tmp_path) -> None:
     assert "Latest entries" in dom
     assert "&quot;rpm&quot;: 1459" in dom or '"rpm": 1459' in dom  # the newest entry
     assert "Append an entry" in dom
+    assert "<polyline" in dom and "rpm (1410 – 1459)" in dom  # plot of the latest 50 entries
     shot = str(tmp_path / "wendelin-stream.png")
     browse(base + "/streams/sensor.web", f"--screenshot={shot}")
     assert png_size(shot) == (1280, 900)

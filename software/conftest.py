@@ -1,0 +1,42 @@
+"""Session fixtures shared by the releases' tests: one cache, one snapshot, one cold build.
+
+The cold build of software/wendelin (the only slow compile) runs once per session and
+uploads every part; the other tests and releases then hit the cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from releases.build import BuildResult, build_release
+from releases.seed import seed_debian_package
+from releases.testing import DEBIAN_SOURCES, CacheFixture, snapshot_repository, start_test_cache
+
+
+@pytest.fixture(scope="session")
+def release_cache(tmp_path_factory: pytest.TempPathFactory):
+    """A real `kiln cache serve`, seeded with the Debian sources the releases compile."""
+    running = start_test_cache(tmp_path_factory.mktemp("release-cache"))
+    client = running.client(upload=True)
+    for spec in DEBIAN_SOURCES:
+        seed_debian_package(client, spec)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def source_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return snapshot_repository(tmp_path_factory.mktemp("checkout"))
+
+
+@pytest.fixture(scope="session")
+def wendelin_cold_build(
+    release_cache: CacheFixture, source_snapshot: Path, tmp_path_factory: pytest.TempPathFactory
+) -> BuildResult:
+    return build_release(
+        source_snapshot / "software" / "wendelin",
+        tmp_path_factory.mktemp("wendelin-cold") / "software",
+        release_cache.settings(upload=True),
+        quiet=True,
+    )

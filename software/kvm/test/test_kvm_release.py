@@ -1,0 +1,80 @@
+"""software/kvm: qemu is required at build time; the instance boots an image with forwards."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from releases.build import BuildError, BuildResult, build_release
+from releases.instance import Instance, InstanceError, instantiate
+from releases.testing import CacheFixture, free_ports
+
+pytestmark = pytest.mark.slow
+
+needs_qemu = pytest.mark.skipif(
+    shutil.which("qemu-system-x86_64") is None or shutil.which("qemu-img") is None,
+    reason="qemu-system-x86 and qemu-utils are not installed (.ci/apt-packages.txt has them)",
+)
+
+
+@pytest.fixture(scope="module")
+def kvm_build(
+    wendelin_cold_build: BuildResult,
+    release_cache: CacheFixture,
+    source_snapshot: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> BuildResult:
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("qemu-system-x86_64 is not installed")
+    return build_release(
+        source_snapshot / "software" / "kvm",
+        tmp_path_factory.mktemp("kvm") / "software",
+        release_cache.settings(),
+        quiet=True,
+    )
+
+
+def test_build_without_qemu_fails_naming_the_packages(
+    source_snapshot: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A PATH with Python 3.11 but no qemu, as on a machine without the packages.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3.11").symlink_to(sys.executable)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    with pytest.raises(BuildError) as failure:
+        build_release(source_snapshot / "software" / "kvm", tmp_path / "sw", quiet=True)
+    message = str(failure.value)
+    assert "qemu-system-x86_64" in message
+    assert "apt-get install qemu-system-x86 qemu-utils" in message
+
+
+@needs_qemu
+def test_instance_without_image_says_which_parameter(
+    kvm_build: BuildResult, tmp_path: Path
+) -> None:
+    with pytest.raises(InstanceError, match="--param image="):
+        instantiate(kvm_build.software_dir, tmp_path / "instance", {})
+
+
+@needs_qemu
+def test_vm_starts_with_forwarded_ports(kvm_build: BuildResult, tmp_path: Path) -> None:
+    image = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", image, "64M"], check=True)
+    ssh, service = free_ports(2)
+    parameters = {"image": str(image), "ssh-port": str(ssh), "service-port": str(service)}
+    root = tmp_path / "instance"
+    instance = instantiate(kvm_build.software_dir, root, parameters)
+    try:
+        instance.start()
+        # Health means: qemu runs and its user-network forwards listen on the host ports.
+        # A blank disk boots nothing; booting real images is the images issue's test.
+        checks = instance.wait_healthy(30)
+        assert all(c.ok for c in checks), checks
+        assert os.path.getsize(image) < 1 << 20  # snapshot=on: the image is never written
+    finally:
+        Instance(root).stop()

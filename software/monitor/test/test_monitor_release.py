@@ -1,0 +1,58 @@
+"""software/monitor: built through the cache, its cache server answers with per-instance creds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import requests
+from releases.build import BuildResult, build_release
+from releases.instance import instantiate
+from releases.testing import CacheFixture, assert_software_links_sanely, free_ports
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def monitor_build(
+    wendelin_cold_build: BuildResult,
+    release_cache: CacheFixture,
+    source_snapshot: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> BuildResult:
+    return build_release(
+        source_snapshot / "software" / "monitor",
+        tmp_path_factory.mktemp("monitor") / "software",
+        release_cache.settings(upload=True),
+        quiet=True,
+    )
+
+
+def test_shared_parts_come_from_the_cache(monitor_build: BuildResult) -> None:
+    outcomes = {name: part["outcome"] for name, part in monitor_build.parts.items()}
+    # python3, supervisor and kiln are the same parts as in software/wendelin.
+    assert outcomes["python3"] == outcomes["supervisor"] == outcomes["kiln"] == "hit"
+    assert assert_software_links_sanely(monitor_build.software_dir) > 0
+
+
+def test_instance_runs_a_cache_server_with_generated_upload_credentials(
+    monitor_build: BuildResult, tmp_path: Path
+) -> None:
+    (port,) = free_ports(1)
+    root = tmp_path / "instance"
+    instance = instantiate(monitor_build.software_dir, root, {"port": str(port)})
+    try:
+        instance.start()
+        checks = instance.wait_healthy(30)
+        assert all(c.ok for c in checks), checks
+        credentials = root / "etc" / "cache-uploader.txt"
+        assert credentials.stat().st_mode & 0o077 == 0
+        # `kiln cache adduser` prints a line naming the password, the password last.
+        line = next(x for x in credentials.read_text().splitlines() if "password" in x)
+        password = line.split()[-1]
+        url = f"http://127.0.0.1:{port}/shacache"
+        assert requests.post(url, data=b"x", timeout=10).status_code == 401
+        answer = requests.post(url, data=b"x", auth=("uploader", password), timeout=10)
+        assert answer.status_code == 201
+    finally:
+        instance.stop()

@@ -1,0 +1,113 @@
+"""Helpers for the release and cache tests, and the benchmark: a real cache, keys, snapshots."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from releases.build import CacheSettings, repository_root
+from releases.recipes import _project_files
+
+# The Debian source packages the releases compile (stack/*.cfg `debian-source:` URLs).
+DEBIAN_SOURCES = ("libzstd=1.5.4+dfsg2-5",)
+
+
+def snapshot_repository(dest: Path) -> Path:
+    """Copy what builds read (profiles, templates, the kiln project) into ``dest``.
+
+    Builds from a snapshot are not disturbed by edits in the working tree while they run
+    (the kiln part's signature covers the project's files).
+    """
+    root = repository_root()
+    for path in _project_files(root):
+        target = dest / path.relative_to(root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+    for folder in ("stack", "software"):
+        for path in (root / folder).rglob("*"):
+            if path.is_file() and path.suffix in (".cfg", ".in"):
+                target = dest / path.relative_to(root)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+    return dest
+
+
+@dataclass
+class CacheFixture:
+    """A running `kiln cache serve` plus a builder key and an unrelated key."""
+
+    server: object  # shacache.testing.RunningCache
+    key_dir: Path
+
+    @property
+    def public_key(self) -> str:
+        return (self.key_dir / "builder.pub").read_text().strip()
+
+    @property
+    def stranger_public_key(self) -> str:
+        return (self.key_dir / "stranger.pub").read_text().strip()
+
+    def settings(self, upload: bool = False, trust_stranger_only: bool = False) -> CacheSettings:
+        url = self.server.upload_url if upload else self.server.url
+        return CacheSettings(
+            url=url,
+            trusted_keys=[self.stranger_public_key if trust_stranger_only else self.public_key],
+            signing_key_file=(self.key_dir / "builder.key") if upload else None,
+        )
+
+    def client(self, upload: bool = False):
+        from shacache.client import CacheClient
+        from shacache.keys import TrustList, load_signing_key
+
+        trust = TrustList()
+        trust.add_public_key(self.public_key)
+        url = self.server.upload_url if upload else self.server.url
+        keys = [load_signing_key(self.key_dir / "builder.key")] if upload else []
+        return CacheClient.from_url(url, trust=trust, signing_keys=keys, upload=upload)
+
+    def blob_path(self, sha512: str) -> Path:
+        matches = [p for p in Path(self.server.root).rglob(sha512) if p.is_file()]
+        if not matches:
+            raise FileNotFoundError(f"blob {sha512[:16]} not under {self.server.root}")
+        return matches[0]
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def start_test_cache(workdir: Path) -> CacheFixture:
+    from shacache.keys import generate_ed25519_key, write_secret_file
+    from shacache.testing import start_cache_server
+
+    key_dir = workdir / "keys"
+    key_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("builder", "stranger"):
+        key = generate_ed25519_key(name)
+        write_secret_file(key_dir / f"{name}.key", key.secret_text)
+        (key_dir / f"{name}.pub").write_text(key.public_text + "\n")
+    server = start_cache_server(workdir / "cache-root")
+    return CacheFixture(server, key_dir)
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free TCP ports on 127.0.0.1."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def assert_software_links_sanely(software_dir: Path) -> int:
+    """The checkSoftware-style check; answer how many ELF files were checked."""
+    from releases.elfcheck import check_software
+
+    files, problems = check_software(software_dir)
+    assert not problems, "\n".join(str(p) for p in problems)
+    return len(files)

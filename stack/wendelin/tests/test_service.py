@@ -1,0 +1,98 @@
+"""The service process: one per root, clean shutdown."""
+
+import io
+import subprocess
+import sys
+import time
+
+import msgpack
+import pytest
+import requests
+from wendelin import eventtime
+from wendelin.forward_client import ForwardClient
+from wendelin.testing import ServerProcess, add_policy, free_port
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_second_service_on_the_same_root_is_refused(tmp_path) -> None:
+    with ServerProcess(str(tmp_path)):
+        second = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "wendelin",
+                "serve",
+                "--root",
+                str(tmp_path),
+                "--listen",
+                f"127.0.0.1:{free_port()}",
+                "--forward-listen",
+                "off",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert second.returncode != 0
+    assert "another wendelin service is using" in second.stderr
+
+
+def test_sigterm_commits_what_it_acknowledged_and_exits_cleanly(tmp_path) -> None:
+    credentials = add_policy(str(tmp_path), "term")
+    server = ServerProcess(str(tmp_path)).start()
+    client = ForwardClient("127.0.0.1", server.forward_port, credentials["shared_key"])
+    for number in range(3000):
+        entry = msgpack.packb([eventtime.pack(1_700_000_000 + number), {"n": number}])
+        client.send_packed("term.s", entry, chunk=f"c{number}")
+    acked = set()
+    while len(acked) < 300:
+        acked.add(client.read_ack())
+    server.process.terminate()  # type: ignore[union-attr]
+    try:
+        while True:
+            acked.add(client.read_ack())
+    except (EOFError, ConnectionError):
+        pass
+    assert server.process.wait(30) == 0  # type: ignore[union-attr]
+    server.start()
+    try:
+        data = requests.get(
+            f"{server.url}/api/streams/term.s/data",
+            auth=(credentials["user"], credentials["password"]),
+        ).content
+        stored = [record["n"] for _, record in msgpack.Unpacker(io.BytesIO(data))]
+    finally:
+        server.stop()
+    assert len(stored) == len(set(stored))
+    assert {f"c{number}" for number in stored} >= acked  # every ack was a durable chunk
+
+
+def test_too_many_bodies_at_once_is_a_503_overload_not_memory_exhaustion(tmp_path) -> None:
+    import base64
+    import socket
+
+    credentials = add_policy(str(tmp_path), "busy")
+    auth = (credentials["user"], credentials["password"])
+    body = b"".join(
+        msgpack.packb([eventtime.pack(1_700_000_000), {"pad": "x" * 1000, "n": n}])
+        for n in range(600)
+    )  # about 600 KB: two of them do not fit a 1 MiB budget
+    options = ("--max-queued-mib", "1", "--max-chunk-mib", "1")
+    with ServerProcess(str(tmp_path), *options) as server:
+        path = "/ingestion_policies/busy/ingest?reference=busy.s"
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        slow = socket.create_connection(("127.0.0.1", server.http_port))
+        slow.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {token}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body[:1000]
+        )
+        time.sleep(0.3)  # the first body is being received
+        second = requests.post(server.url + path, data=body, auth=auth)
+        assert second.status_code == 503
+        assert "overloaded" in second.text and second.headers["Retry-After"]
+        slow.sendall(body[1000:])
+        assert slow.recv(100).startswith(b"HTTP/1.1 204")
+        slow.close()
+        assert requests.post(server.url + path, data=body, auth=auth).status_code == 204
