@@ -27,6 +27,7 @@ import time
 from statistics import median
 
 import msgpack
+
 from wendelin import eventtime
 from wendelin.forward_client import ForwardClient, pack_packed_forward
 from wendelin.testing import ServerProcess, add_policy

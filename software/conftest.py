@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from releases.build import BuildResult, build_release
 from releases.seed import seed_debian_package
 from releases.testing import DEBIAN_SOURCES, CacheFixture, snapshot_repository, start_test_cache

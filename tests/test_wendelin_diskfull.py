@@ -9,6 +9,7 @@ import subprocess
 import msgpack
 import pytest
 import requests
+
 from wendelin import eventtime
 from wendelin.forward_client import ForwardClient
 from wendelin.testing import ServerProcess, add_policy

@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 
 import pytest
+
 from releases.build import BuildError, CacheSettings, run_buildout
 from releases.testing import CacheFixture, start_test_cache
-
 from shacache.buildout_extension import REPORT_FILE
 
 pytestmark = pytest.mark.integration

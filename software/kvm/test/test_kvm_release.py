@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from releases.build import BuildError, BuildResult, build_release
 from releases.instance import Instance, InstanceError, instantiate
 from releases.testing import CacheFixture, free_ports

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import requests
+
 from releases.build import BuildResult, build_release
 from releases.instance import instantiate
 from releases.testing import CacheFixture, assert_software_links_sanely, free_ports

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from releases.build import CacheSettings, resolve_release
-from releases.recipes import render_template
 
 from kiln.cli import main
+from releases.build import CacheSettings, resolve_release
+from releases.recipes import render_template
 
 pytestmark = pytest.mark.unit
 

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from releases.elfcheck import check_software
 
 pytestmark = [

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import msgpack
 import pytest
+
 from releases.build import BuildResult, build_release
 from releases.instance import Instance, instantiate
 from releases.testing import CacheFixture, assert_software_links_sanely, free_ports
