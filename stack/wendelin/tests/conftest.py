@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 import pytest
 import requests
+
 from wendelin.testing import ServerProcess, add_policy
 
 

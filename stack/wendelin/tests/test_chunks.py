@@ -5,6 +5,7 @@ import struct
 
 import msgpack
 import pytest
+
 from wendelin import chunks, eventtime
 
 pytestmark = pytest.mark.unit

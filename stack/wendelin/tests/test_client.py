@@ -8,6 +8,7 @@ import wave
 import msgpack
 import pytest
 import requests
+
 from wendelin import client, eventtime
 from wendelin.testing import cli
 

@@ -4,6 +4,7 @@ import gzip
 
 import pytest
 import zstandard
+
 from wendelin.compression import DecompressionError, gunzip, unzstd
 
 pytestmark = pytest.mark.unit

@@ -9,6 +9,7 @@ import time
 import msgpack
 import pytest
 from fluent import sender
+
 from wendelin import eventtime
 from wendelin.forward_client import ForwardClient, HandshakeFailed, new_chunk_id
 from wendelin.testing import ServerProcess, add_policy

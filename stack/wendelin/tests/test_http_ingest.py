@@ -8,6 +8,7 @@ import urllib.parse
 import msgpack
 import pytest
 import requests
+
 from wendelin.testing import add_policy, cli
 
 pytestmark = pytest.mark.integration

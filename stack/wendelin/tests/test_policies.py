@@ -5,6 +5,7 @@ import os
 import stat
 
 import pytest
+
 from wendelin.catalog import AlreadyExists, SQLiteCatalog
 from wendelin.policies import PolicyRegistry, tag_matcher, verify_password
 from wendelin.testing import add_policy

@@ -8,6 +8,7 @@ import time
 import msgpack
 import pytest
 import requests
+
 from wendelin import eventtime
 from wendelin.forward_client import ForwardClient
 from wendelin.testing import ServerProcess, add_policy, free_port

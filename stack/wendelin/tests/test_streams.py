@@ -5,6 +5,7 @@ import os
 
 import msgpack
 import pytest
+
 from wendelin import chunks, eventtime
 from wendelin.streams import StreamStore
 

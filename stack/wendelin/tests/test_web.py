@@ -9,6 +9,7 @@ import tempfile
 import msgpack
 import pytest
 import requests
+
 from wendelin import eventtime
 
 pytestmark = pytest.mark.integration
