@@ -16,6 +16,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import click
 
+from kiln.cliutil import fail, parse_pairs
 from shacache.client import CacheClient, CacheError, redact
 from shacache.entries import InvalidEntry, is_sha512
 from shacache.gc import collect
@@ -44,10 +45,6 @@ root_option = click.option(
     show_default=f"$KILN_CACHE_ROOT or {DEFAULT_ROOT}",
     help="Directory holding the blobs, entries, users and certificate authority.",
 )
-
-
-def fail(message: str) -> None:
-    raise click.ClickException(message)
 
 
 @click.group()
@@ -395,16 +392,6 @@ def make_client(
     )
 
 
-def _parse_pairs(pairs: tuple[str, ...], option: str) -> dict[str, str]:
-    result = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            fail(f"{option} {pair!r}: write NAME=VALUE")
-        result[name] = value
-    return result
-
-
 @cache.command("upload")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--key", help="ShaDir key to index the file under (e.g. pypi:name=1.0).")
@@ -416,7 +403,7 @@ def upload_command(file: Path, key: str | None, meta: tuple[str, ...], **client:
     Credentials: put them in the URL (http://USER:PASSWORD@host:port), or set
     $KILN_CACHE_USER and $KILN_CACHE_PASSWORD, or use --client-cert/--client-key.
     """
-    metadata = _parse_pairs(meta, "--meta")
+    metadata = parse_pairs(meta, "--meta")
     cache_client = make_client(**client)
     try:
         sha512 = cache_client.upload(file, key, metadata)
@@ -440,7 +427,7 @@ def download_command(
     cache_client = make_client(**client)
     try:
         if key:
-            entries = cache_client.select(key, _parse_pairs(wanted, "--select"))
+            entries = cache_client.select(key, parse_pairs(wanted, "--select"))
             if not entries:
                 fail(
                     f"no trusted entry under {key!r} matches; `kiln cache lookup {key}` shows"

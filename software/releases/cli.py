@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from kiln.cliutil import fail, parse_pairs
 from releases.build import (
     BuildError,
     BuildResult,
@@ -18,10 +19,6 @@ from releases.build import (
     resolve_release,
 )
 from releases.instance import Instance, InstanceError, default_root, instantiate
-
-
-def fail(message: str) -> None:
-    raise click.ClickException(message)
 
 
 def print_parts(result: BuildResult) -> None:
@@ -252,16 +249,6 @@ def instance() -> None:
     """
 
 
-def _parameters(pairs: tuple[str, ...]) -> dict[str, str]:
-    result = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            fail(f"--param {pair!r}: write NAME=VALUE")
-        result[name] = value
-    return result
-
-
 @instance.command("up")
 @click.argument("release")
 @click.option(
@@ -291,7 +278,7 @@ def up_command(
     software_dir = (software_dir or default_software_dir(release_dir)).resolve()
     root = (root or default_root(release_dir.name)).resolve()
     try:
-        current = instantiate(software_dir, root, _parameters(params))
+        current = instantiate(software_dir, root, parse_pairs(params, "--param"))
         current.start()
         checks = current.wait_healthy(timeout)
     except InstanceError as error:
