@@ -20,7 +20,12 @@ import pytest
 from slapos.libnetworkcache import NetworkcacheClient
 
 from shacache.client import CacheClient
-from shacache.keys import TrustList, generate_legacy_rsa_key, rsa_private_pem
+from shacache.keys import (
+    TrustList,
+    generate_ed25519_key,
+    generate_legacy_rsa_key,
+    rsa_private_pem,
+)
 from shacache.testing import RunningCache, start_cache_server
 from shacache.tests.cutting_proxy import CuttingProxy
 
@@ -180,3 +185,17 @@ def test_legacy_client_reads_what_our_client_wrote(tls_cache: TlsCache, tmp_path
     [entry] = list(tls_cache.legacy_client().select("kiln-part:demo", {"part": "demo"}))
     assert entry["sha512"] == digest
     assert tls_cache.legacy_client().download(digest).read() == artefact.read_bytes()
+
+
+def test_legacy_client_skips_entries_it_cannot_verify(tls_cache: TlsCache, tmp_path: Path) -> None:
+    """Ed25519-only entries under a key do not break a SlapOS node reading that key."""
+    artefact = tmp_path / "part"
+    artefact.write_bytes(b"shared part")
+    options = {**tls_cache.legacy_config(), "signature-certificate-list": tls_cache.certificate_pem}
+    legacy_signed = CacheClient.from_options(options)
+    modern_signed = CacheClient.from_options({**options, "signature-private-key-file": ""})
+    modern_signed.signing_keys = [generate_ed25519_key("alice")]
+    modern_signed.upload(artefact, "kiln-part:mixed", {"by": "alice"})
+    legacy_signed.upload(artefact, "kiln-part:mixed", {"by": "node"})
+    entries = list(tls_cache.legacy_client().select("kiln-part:mixed"))
+    assert [entry["by"] for entry in entries] == ["node"]
