@@ -83,10 +83,14 @@ def _project_files(source: Path) -> list[Path]:
     config = tomllib.loads(pyproject.read_text())
     package_dirs = config.get("tool", {}).get("setuptools", {}).get("package-dir", {})
     roots = [source / d for d in package_dirs.values()] or [source]
-    files = [pyproject] + [p for p in (source / "README.md", source / "LICENSE") if p.is_file()]
+    extras = (source / "setup.py", source / "README.md", source / "LICENSE")
+    files = [pyproject] + [p for p in extras if p.is_file()]
     for root in roots:
         for path in sorted(root.rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+            # Compiled files are outputs of the build (an editable install puts the C module
+            # next to its source), not inputs of it.
+            built = path.suffix in (".pyc", ".so") or "__pycache__" in path.parts
+            if path.is_file() and not built:
                 files.append(path)
     return files
 

@@ -7,6 +7,7 @@ work. Unlike Wendelin, a byte-identical resend is not appended twice, timestamps
 a tag the policy does not take is refused (403) instead of dropped with a 200.
 """
 
+import asyncio
 import json
 import logging
 import time
@@ -25,7 +26,7 @@ from wendelin.httputil import (
     unauthorized,
     unavailable,
 )
-from wendelin.ingest import TagRejected, http_chunk_digest, ingest
+from wendelin.ingest import TagRejected, http_chunk_key, ingest
 from wendelin.policies import Policy
 from wendelin.streams import NO_KEY, StreamUnavailable
 
@@ -47,22 +48,33 @@ async def fluentd_ingest(request: web.Request) -> web.StreamResponse:
     if not tag:
         return error(400, "missing ?reference=<tag>")
     limit = service.limits.max_chunk_bytes
-    digest = http_chunk_digest()
     try:
-        body = await read_body(request, limit, digest)
+        body = await read_body(request, limit)
     except BodyTooLarge:
         return too_large(limit)
+    # The dedup key (a hash of the body as sent) is computed in a worker thread while the
+    # entries are checked here: both release the GIL, so two cores do them at once.
+    hashing = asyncio.get_running_loop().run_in_executor(None, http_chunk_key, body)
+    try:
+        chunk = _entries_of_fluentd_body(body)
+    except chunks.ChunkError as problem:
+        await hashing
+        return error(400, str(problem))
+    return await _append(policy, tag, chunk, await hashing, request)
+
+
+def _entries_of_fluentd_body(body: bytes) -> chunks.Chunk:
+    """The entries of a raw chunk, or of the older form body; ChunkError names the problem."""
     if _is_form(body):
         # fluent-plugin-wendelin up to 0.4 and embulk: data_chunk=<url-encoded bytes>
         try:
             body = form_field(body, "data_chunk")
         except (ValueError, UnicodeDecodeError) as problem:
-            return error(400, f"malformed form body, nothing appended: {problem}")
+            raise chunks.ChunkError(f"malformed form body, nothing appended: {problem}") from None
     try:
-        chunk = chunks.parse_entries(body)
+        return chunks.parse_entries(body)
     except chunks.ChunkError as problem:
-        return error(400, f"malformed chunk, nothing appended: {problem}")
-    return await _append(policy, tag, chunk, digest.digest(), request)
+        raise chunks.ChunkError(f"malformed chunk, nothing appended: {problem}") from None
 
 
 def form_field(body: bytes, name: str) -> bytes:

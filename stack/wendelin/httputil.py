@@ -1,6 +1,5 @@
 """Small helpers shared by the HTTP handlers: keys, error answers, bounded body reading."""
 
-import hashlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -60,14 +59,11 @@ class BodyTooLarge(Exception):
     pass
 
 
-async def read_body(
-    request: web.Request, limit: int, digest: "hashlib._Hash | None" = None
-) -> bytes:
+async def read_body(request: web.Request, limit: int) -> bytes:
     """The whole body, refusing (413) as soon as it passes ``limit``, whatever it announced.
 
     Bodies being received at once share a memory budget: past it, 503 (overload) instead of
-    holding them all. ``digest`` (a hashlib object) is fed piece by piece while the rest is
-    still arriving.
+    holding them all.
     """
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge()
@@ -88,8 +84,6 @@ async def read_body(
                 announced += len(piece)
                 if service.receiving_bytes > budget and service.receiving_bytes > announced:
                     raise Failure(unavailable("overloaded: too many bodies being received", 2))
-            if digest is not None:
-                digest.update(piece)
     finally:
         service.receiving_bytes -= announced
     return bytes(body)

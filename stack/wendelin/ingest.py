@@ -11,12 +11,9 @@ class TagRejected(Exception):
     """The policy does not take this tag: a permanent refusal (HTTP 403, forward: no ack)."""
 
 
-def http_chunk_digest() -> "hashlib._Hash":
-    """Feed it an HTTP chunk's body; its digest is the chunk's dedup key.
-
-    A byte-identical resend to the same stream is a retry, not new data.
-    """
-    return hashlib.sha256(b"http\0")
+def http_chunk_key(body: bytes) -> bytes:
+    """The dedup key of an HTTP chunk: a byte-identical resend is a retry, not new data."""
+    return hashlib.sha256(b"http\0" + body).digest()
 
 
 def forward_chunk_key(chunk_id: bytes) -> bytes:
