@@ -39,7 +39,12 @@ def main(verbose: int) -> None:
     """kiln builds software releases through a signed binary cache and runs them.
 
     Every concern is a command group: `kiln cache` for the ShaCache/ShaDir binary cache,
+    `kiln software` to build releases through it, `kiln instance` to run them, and
     `kiln wendelin` for the data platform.  Run `kiln GROUP --help` for details.
+
+    \b
+    The embedded default, on one machine:
+      kiln software build software/wendelin && kiln instance up software/wendelin
     """
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(
