@@ -10,9 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from releases.build import BuildResult, build_release
+from releases.build import BuildResult
 from releases.seed import seed_debian_package
-from releases.testing import DEBIAN_SOURCES, CacheFixture, snapshot_repository, start_test_cache
+from releases.testing import (
+    DEBIAN_SOURCES,
+    CacheFixture,
+    build_snapshot_release,
+    snapshot_repository,
+    start_test_cache,
+)
 
 
 @pytest.fixture(scope="session")
@@ -35,9 +41,9 @@ def source_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def wendelin_cold_build(
     release_cache: CacheFixture, source_snapshot: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> BuildResult:
-    return build_release(
-        source_snapshot / "software" / "wendelin",
-        tmp_path_factory.mktemp("wendelin-cold") / "software",
+    return build_snapshot_release(
+        source_snapshot,
+        "wendelin",
+        tmp_path_factory.mktemp("wendelin-cold"),
         release_cache.settings(upload=True),
-        quiet=True,
     )

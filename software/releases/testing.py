@@ -6,8 +6,16 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from releases.build import CacheSettings, repository_root
+from releases.build import BuildResult, CacheSettings, build_release, repository_root
 from releases.recipes import _project_files
+
+
+def build_snapshot_release(
+    snapshot: Path, name: str, workdir: Path, settings: CacheSettings
+) -> BuildResult:
+    """Build ``software/<name>`` of a repository snapshot into ``workdir/software``, quietly."""
+    return build_release(snapshot / "software" / name, workdir / "software", settings, quiet=True)
+
 
 # The Debian source packages the releases compile (stack/*.cfg `debian-source:` URLs).
 DEBIAN_SOURCES = ("libzstd=1.5.4+dfsg2-5",)

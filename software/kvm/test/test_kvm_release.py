@@ -12,7 +12,7 @@ import pytest
 
 from releases.build import BuildError, BuildResult, build_release
 from releases.instance import Instance, InstanceError, instantiate
-from releases.testing import CacheFixture, free_ports
+from releases.testing import CacheFixture, build_snapshot_release, free_ports
 
 pytestmark = pytest.mark.slow
 
@@ -31,11 +31,8 @@ def kvm_build(
 ) -> BuildResult:
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("qemu-system-x86_64 is not installed")
-    return build_release(
-        source_snapshot / "software" / "kvm",
-        tmp_path_factory.mktemp("kvm") / "software",
-        release_cache.settings(),
-        quiet=True,
+    return build_snapshot_release(
+        source_snapshot, "kvm", tmp_path_factory.mktemp("kvm"), release_cache.settings()
     )
 
 

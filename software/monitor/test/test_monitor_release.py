@@ -7,9 +7,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from releases.build import BuildResult, build_release
+from releases.build import BuildResult
 from releases.instance import instantiate
-from releases.testing import CacheFixture, assert_software_links_sanely, free_ports
+from releases.testing import (
+    CacheFixture,
+    assert_software_links_sanely,
+    build_snapshot_release,
+    free_ports,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -21,11 +26,11 @@ def monitor_build(
     source_snapshot: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> BuildResult:
-    return build_release(
-        source_snapshot / "software" / "monitor",
-        tmp_path_factory.mktemp("monitor") / "software",
+    return build_snapshot_release(
+        source_snapshot,
+        "monitor",
+        tmp_path_factory.mktemp("monitor"),
         release_cache.settings(upload=True),
-        quiet=True,
     )
 
 

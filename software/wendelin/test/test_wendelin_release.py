@@ -13,7 +13,12 @@ import pytest
 
 from releases.build import BuildResult, build_release
 from releases.instance import Instance, instantiate
-from releases.testing import CacheFixture, assert_software_links_sanely, free_ports
+from releases.testing import (
+    CacheFixture,
+    assert_software_links_sanely,
+    build_snapshot_release,
+    free_ports,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -28,11 +33,11 @@ def warm_build(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> BuildResult:
     """A second build into a fresh directory, without upload rights."""
-    return build_release(
-        source_snapshot / "software" / "wendelin",
-        tmp_path_factory.mktemp("wendelin-warm") / "software",
+    return build_snapshot_release(
+        source_snapshot,
+        "wendelin",
+        tmp_path_factory.mktemp("wendelin-warm"),
         release_cache.settings(),
-        quiet=True,
     )
 
 
