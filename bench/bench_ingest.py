@@ -4,12 +4,19 @@ Starts a real `wendelin serve` on 127.0.0.1 with a fresh root, sends:
 
 * forward protocol, PackedForward with require_ack_response-style acks: 1,000,000 records of
   about 100 bytes, in chunks of 10,000 records, over 1 and over 4 connections;
-* HTTP ingest (fluent-plugin-wendelin protocol): 1 MiB chunks, one connection;
+* HTTP ingest (fluent-plugin-wendelin protocol): 1 MiB chunks, over 1 connection (one fluentd
+  flush thread) and over 4 (several flush threads or agents on one tag);
 
 and compares each with a baseline measured in the same run: the same bytes written and
-fsynced to a plain file in the same directory, one fsync per chunk (the batching a sender
-that waits for each acknowledgement gets at worst). Baseline and service runs alternate over
-a few rounds and the table shows medians, because other work on the machine moves both.
+fsynced to a plain file in the same directory, with the same commit batching. The service
+reports how many commits (fsyncs) its chunks took; the baseline groups the chunks into as many
+writes. Baseline and service alternate (HTTP: in slices of each round, each after a pause for
+the disk to settle) and the table shows medians of rounds, because other work on the machine
+moves both.
+
+One more row puts the HTTP numbers in context: a bare HTTP receiver (asyncio, no checks, no
+index, no dedup) that writes and fsyncs each body before answering, i.e. the floor of any
+server that acknowledges only durable data, measured against the same baseline.
 
     python bench/bench_ingest.py [--workdir DIR] [--records N] [--http-mib N]
 
@@ -17,20 +24,24 @@ Not part of the test suite. Numbers are noisy on a shared 2-core machine.
 """
 
 import argparse
+import asyncio
 import base64
 import http.client
+import multiprocessing
 import os
 import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from statistics import median
 
 import msgpack
+import requests
 
 from wendelin import eventtime
 from wendelin.forward_client import ForwardClient, pack_packed_forward
-from wendelin.testing import ServerProcess, add_policy
+from wendelin.testing import ServerProcess, add_policy, free_port
 
 RECORDS_PER_CHUNK = 10_000
 WINDOW = 4  # chunks in flight per connection, like fluentd's flush threads
@@ -57,8 +68,16 @@ def make_chunks(records: int) -> list[bytes]:
     return blobs
 
 
+def settle() -> None:
+    """Let the disk finish earlier work: measured here, a baseline run right after a service
+    run was up to 40% slower than one after a pause, which favoured neither side fairly."""
+    os.sync()
+    time.sleep(0.3)
+
+
 def fsync_baseline(directory: str, blobs: list[bytes]) -> float:
     """Seconds to append ``blobs`` to a plain file with one fsync per blob."""
+    settle()
     path = os.path.join(directory, "baseline.bin")
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     started = time.perf_counter()
@@ -78,6 +97,7 @@ def forward_run(
 
     Chunk ids are new in every round: a reused id would be acknowledged as a duplicate.
     """
+    settle()
     shares = [blobs[k::connections] for k in range(connections)]
     clients = [ForwardClient("127.0.0.1", server.forward_port, key) for _ in range(connections)]
     messages = [
@@ -130,25 +150,118 @@ def forward_run(
     return elapsed
 
 
-def http_run(server: ServerProcess, auth: tuple[str, str], blobs: list[bytes]) -> float:
-    """One keep-alive connection posting chunk after chunk, as one fluentd flush thread.
+def http_run(url: str, auth: tuple[str, str], blobs: list[bytes], connections: int = 1) -> float:
+    """Keep-alive connections posting chunk after chunk, as fluentd flush threads do.
 
     http.client rather than requests: the client's own overhead should not be measured.
     """
+    settle()
+    host, port = url.removeprefix("http://").split(":")
     path = "/ingestion_policies/bench/ingest?reference=bench.http"
     token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
     headers = {"Authorization": f"Basic {token}", "Content-Type": "application/octet-stream"}
-    connection = http.client.HTTPConnection("127.0.0.1", server.http_port)
+    errors: list[BaseException] = []
+
+    def post(share: list[bytes]) -> None:
+        connection = http.client.HTTPConnection(host, int(port))
+        try:
+            for blob in share:
+                connection.request("POST", path, body=blob, headers=headers)
+                response = connection.getresponse()
+                answer = response.read()
+                if response.status != 204:
+                    raise RuntimeError(f"HTTP ingest answered {response.status}: {answer!r}")
+        except BaseException as error:
+            errors.append(error)
+        finally:
+            connection.close()
+
+    threads = [
+        threading.Thread(target=post, args=(blobs[k::connections],)) for k in range(connections)
+    ]
     started = time.perf_counter()
-    for blob in blobs:
-        connection.request("POST", path, body=blob, headers=headers)
-        response = connection.getresponse()
-        answer = response.read()
-        if response.status != 204:
-            raise RuntimeError(f"HTTP ingest answered {response.status}: {answer!r}")
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     elapsed = time.perf_counter() - started
-    connection.close()
+    if errors:
+        raise errors[0]
     return elapsed
+
+
+def stream_counts(server: ServerProcess, auth: tuple[str, str]) -> tuple[int, int]:
+    """(chunks, commits) of the benchmark's HTTP stream so far."""
+    answer = requests.get(f"{server.url}/api/streams/bench.http", auth=auth, timeout=10)
+    if answer.status_code == 404:  # not created yet
+        return 0, 0
+    answer.raise_for_status()
+    described = answer.json()
+    return described["chunks"], described["commits"]
+
+
+def batched(blobs: list[bytes], writes: int) -> list[bytes]:
+    """``blobs`` joined into ``writes`` consecutive groups of (nearly) equal counts."""
+    writes = max(1, min(writes, len(blobs)))
+    bounds = [round(k * len(blobs) / writes) for k in range(writes + 1)]
+    return [b"".join(blobs[bounds[k] : bounds[k + 1]]) for k in range(writes)]
+
+
+def bare_receiver(port: int, path: str, ready: "multiprocessing.synchronize.Event") -> None:
+    """An HTTP/1.1 server doing nothing but write, fsync and answer 204 (the floor).
+
+    Runs in its own process, like the service. Handles Content-Length bodies only, which is
+    all the benchmark sends.
+    """
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+
+    class Receiver(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+            self.buffer = bytearray()
+            self.needed: int | None = None
+            self.busy = False
+
+        def data_received(self, data: bytes) -> None:
+            self.buffer += data
+            self.next_request()
+
+        def next_request(self) -> None:
+            if self.busy:
+                return
+            if self.needed is None:
+                end = self.buffer.find(b"\r\n\r\n")
+                if end < 0:
+                    return
+                head = bytes(self.buffer[:end]).lower()
+                length = int(head.split(b"content-length:")[1].split(b"\r\n")[0])
+                self.needed = end + 4 + length
+                self.body_start = end + 4
+            if len(self.buffer) < self.needed:
+                return
+            body = bytes(self.buffer[self.body_start : self.needed])
+            del self.buffer[: self.needed]
+            self.needed = None
+            self.busy = True
+            self.committing = asyncio.ensure_future(self.commit(body))
+
+        async def commit(self, body: bytes) -> None:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, write_durably, body)
+            self.transport.write(b"HTTP/1.1 204 No Content\r\n\r\n")  # type: ignore[attr-defined]
+            self.busy = False
+            self.next_request()
+
+    def write_durably(body: bytes) -> None:
+        os.write(descriptor, body)
+        os.fdatasync(descriptor)
+
+    async def serve() -> None:
+        server = await asyncio.get_running_loop().create_server(Receiver, "127.0.0.1", port)
+        ready.set()
+        await server.serve_forever()
+
+    asyncio.run(serve())
 
 
 def http_chunks(mebibytes: int, record: bytes, round_number: int) -> list[bytes]:
@@ -169,7 +282,7 @@ def samples_record() -> bytes:
 
 def row(name: str, amount: str, ours: float, base: float, unit: str) -> str:
     ratio = ours / base
-    return f"| {name:<40} | {amount:>12} | {ours:>14,.0f} | {base:>14,.0f} | {ratio:>6.0%} | {unit}"
+    return f"| {name:<44} | {amount:>12} | {ours:>14,.0f} | {base:>14,.0f} | {ratio:>6.0%} | {unit}"
 
 
 def main() -> None:
@@ -192,9 +305,9 @@ def main() -> None:
             f"{RECORDS_PER_CHUNK:,}; HTTP: {options.http_mib} x 1 MiB; medians of "
             f"{options.rounds} rounds, baseline and service alternating; workdir {work}",
             "",
-            f"| {'measure':<40} | {'amount':>12} | {'wendelin':>14} | {'fsync baseline':>14} "
+            f"| {'measure':<44} | {'amount':>12} | {'wendelin':>14} | {'fsync baseline':>14} "
             f"| {'ratio':>6} | unit",
-            f"|{'-' * 42}|{'-' * 14}|{'-' * 16}|{'-' * 16}|{'-' * 8}|------",
+            f"|{'-' * 46}|{'-' * 14}|{'-' * 16}|{'-' * 16}|{'-' * 8}|------",
         ]
         with ServerProcess(root) as server:
             for connections in (1, 4):
@@ -208,20 +321,93 @@ def main() -> None:
                 label = f"forward PackedForward+ack, {connections} conn"
                 amount = f"{options.records:,} ev"
                 lines.append(row(label, amount, median(ours), median(base), "events/s"))
-            for label, record in (
-                ("HTTP, 1 MiB chunks of 100 B entries", make_record(0)),
-                ("HTTP, 1 MiB chunks of 64 KiB entries", samples_record()),
-            ):
-                ours, base = [], []
-                for round_number in range(options.rounds):
-                    http_blobs = http_chunks(options.http_mib, record, round_number)
-                    megabytes = sum(len(blob) for blob in http_blobs) / 1e6
-                    base.append(megabytes / fsync_baseline(work, http_blobs))
-                    ours.append(megabytes / http_run(server, auth, http_blobs))
-                lines.append(row(label, f"{megabytes:,.0f} MB", median(ours), median(base), "MB/s"))
+            lines.extend(http_rows(server, auth, work, options))
+        lines.append(bare_receiver_row(work, options))
         print("\n".join(lines))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+SLICES = 8  # HTTP rounds alternate service and baseline in this many slices
+
+
+def alternating(
+    blobs: list[bytes], send: Callable[[list[bytes]], tuple[float, int]], work: str
+) -> tuple[float, float]:
+    """Seconds for the service and for the baseline over the same blobs, slice by slice.
+
+    The disk of a shared machine speeds up and slows down over seconds; alternating in short
+    slices, each after a pause for the disk to settle, exposes both sides to the same
+    conditions. ``send`` posts a slice and returns its seconds and how many commits (fsyncs) it
+    took, which the baseline then uses for the same bytes.
+    """
+    ours = base = 0.0
+    step = max(1, len(blobs) // SLICES)
+    for start in range(0, len(blobs), step):
+        piece = blobs[start : start + step]
+        seconds, commits = send(piece)
+        ours += seconds
+        base += fsync_baseline(work, batched(piece, commits))
+    return ours, base
+
+
+def http_rows(
+    server: ServerProcess, auth: tuple[str, str], work: str, options: argparse.Namespace
+) -> list[str]:
+    """Rows for HTTP ingest over 1 and 4 connections, each against same-batching baselines."""
+    rows = []
+    cases = (
+        ("HTTP, 1 MiB chunks of 100 B entries, 1 conn", make_record(0), 1),
+        ("HTTP, 1 MiB chunks of 64 KiB entries, 1 conn", samples_record(), 1),
+        ("HTTP, 1 MiB chunks of 100 B entries, 4 conn", make_record(0), 4),
+    )
+
+    for number, (label, record, connections) in enumerate(cases):
+
+        def send(piece: list[bytes], connections: int = connections) -> tuple[float, int]:
+            _, commits_before = stream_counts(server, auth)
+            seconds = http_run(server.url, auth, piece, connections)
+            return seconds, stream_counts(server, auth)[1] - commits_before
+
+        ours, base = [], []
+        for round_number in range(options.rounds):
+            blobs = http_chunks(options.http_mib, record, 10 * number + round_number)
+            megabytes = sum(len(blob) for blob in blobs) / 1e6
+            seconds, base_seconds = alternating(blobs, send, work)
+            ours.append(megabytes / seconds)
+            base.append(megabytes / base_seconds)
+        rows.append(row(label, f"{megabytes:,.0f} MB", median(ours), median(base), "MB/s"))
+    return rows
+
+
+def bare_receiver_row(work: str, options: argparse.Namespace) -> str:
+    """The floor: a receiver that only writes and fsyncs, against the same baseline."""
+    port = free_port()
+    ready = multiprocessing.Event()
+    receiver = multiprocessing.Process(
+        target=bare_receiver, args=(port, os.path.join(work, "bare.bin"), ready), daemon=True
+    )
+    receiver.start()
+
+    def send(piece: list[bytes]) -> tuple[float, int]:
+        seconds = http_run(f"http://127.0.0.1:{port}", ("-", "-"), piece)
+        return seconds, len(piece)  # one fsync per body
+
+    try:
+        if not ready.wait(30):
+            raise RuntimeError("the bare receiver did not start")
+        ours, base = [], []
+        for round_number in range(options.rounds):
+            blobs = http_chunks(options.http_mib, make_record(0), 100 + round_number)
+            megabytes = sum(len(blob) for blob in blobs) / 1e6
+            seconds, base_seconds = alternating(blobs, send, work)
+            ours.append(megabytes / seconds)
+            base.append(megabytes / base_seconds)
+    finally:
+        receiver.terminate()
+        receiver.join()
+    label = "floor: bare HTTP receiver + fsync, 1 conn"
+    return row(label, f"{megabytes:,.0f} MB", median(ours), median(base), "MB/s")
 
 
 if __name__ == "__main__":

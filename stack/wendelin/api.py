@@ -49,6 +49,7 @@ def describe(stream: Stream) -> dict[str, object]:
         "size": stats.size,
         "entries": stats.entries,
         "chunks": stats.chunks,
+        "commits": stats.commits,
         "first_time": optional(stats.first_time),
         "last_time": optional(stats.last_time),
         "last_ingest": optional(stats.last_ingest),

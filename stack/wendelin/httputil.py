@@ -36,6 +36,13 @@ async def failures(request: web.Request, handler) -> web.StreamResponse:
         return failure.response
 
 
+@web.middleware
+async def credentials(request: web.Request, handler) -> web.StreamResponse:
+    """Check Basic credentials off the event loop first, so handlers only look them up."""
+    await service_of(request).verify_credentials(request)
+    return await handler(request)
+
+
 def unavailable(reason: StreamUnavailable | str, retry_after: int = 5) -> web.Response:
     if isinstance(reason, StreamUnavailable):
         retry_after = reason.retry_after
@@ -72,21 +79,24 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     announced = request.content_length or 0
     if service.receiving_bytes and service.receiving_bytes + announced > budget:
         raise Failure(unavailable("overloaded: too many bodies being received", 2))
-    body = bytearray()
+    pieces: list[bytes] = []
+    received = 0
     service.receiving_bytes += announced
     try:
         async for piece in request.content.iter_chunked(1 << 18):
-            body += piece
-            if len(body) > limit:
+            pieces.append(piece)
+            received += len(piece)
+            if received > limit:
                 raise BodyTooLarge()
-            if len(body) > announced:  # a chunked body: count it as it grows
-                service.receiving_bytes += len(piece)
-                announced += len(piece)
+            if received > announced:  # a chunked body: count it as it grows
+                service.receiving_bytes += received - announced
+                announced = received
                 if service.receiving_bytes > budget and service.receiving_bytes > announced:
                     raise Failure(unavailable("overloaded: too many bodies being received", 2))
     finally:
         service.receiving_bytes -= announced
-    return bytes(body)
+    # One copy into the final bytes, instead of growing a bytearray and copying it again.
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 async def body_pieces(request: web.Request, limit: int) -> AsyncIterator[bytes]:

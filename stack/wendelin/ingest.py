@@ -11,9 +11,14 @@ class TagRejected(Exception):
     """The policy does not take this tag: a permanent refusal (HTTP 403, forward: no ack)."""
 
 
+_HTTP_KEY_PREFIX = b"http\0"
+
+
 def http_chunk_key(body: bytes) -> bytes:
     """The dedup key of an HTTP chunk: a byte-identical resend is a retry, not new data."""
-    return hashlib.sha256(b"http\0" + body).digest()
+    digest = hashlib.sha256(_HTTP_KEY_PREFIX)
+    digest.update(body)  # not prefix + body: that would copy a whole chunk just to hash it
+    return digest.digest()
 
 
 def forward_chunk_key(chunk_id: bytes) -> bytes:

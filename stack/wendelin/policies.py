@@ -206,12 +206,19 @@ class PolicyRegistry:
         self._refresh()
         return self._by_user.get(user)
 
+    def is_verified(self, user: str, password: str, stored_hash: str) -> bool:
+        """Whether ``check_password`` already accepted this password: no scrypt, no waiting."""
+        return self._verified.get(self._verified_key(user, password)) == stored_hash
+
     def check_password(self, user: str, password: str, stored_hash: str) -> bool:
-        """scrypt is slow on purpose; fluentd sends many chunks, so cache successes."""
-        key = (user, hmac.digest(self._cache_key, password.encode(), "sha256"))
-        if self._verified.get(key) == stored_hash:
+        """scrypt is slow on purpose (about 50 ms): run it in a worker thread, not on the
+        event loop. fluentd sends many chunks with one password, so successes are cached."""
+        if self.is_verified(user, password, stored_hash):
             return True
         if verify_password(password, stored_hash):
-            self._verified[key] = stored_hash
+            self._verified[self._verified_key(user, password)] = stored_hash
             return True
         return False
+
+    def _verified_key(self, user: str, password: str) -> tuple[str, bytes]:
+        return user, hmac.digest(self._cache_key, password.encode(), "sha256")

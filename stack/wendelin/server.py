@@ -10,7 +10,7 @@ from aiohttp import web
 from wendelin import api, http_ingest
 from wendelin import web as pages
 from wendelin.forward import ForwardServer
-from wendelin.httputil import SERVICE, failures
+from wendelin.httputil import SERVICE, credentials, failures
 from wendelin.service import Limits, Service
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,9 @@ async def health(request: web.Request) -> web.Response:
 def make_app(service: Service) -> web.Application:
     # The body limit is enforced by the handlers, which stream; aiohttp's own limit only
     # applies to request.post() forms.
-    app = web.Application(middlewares=[failures], client_max_size=service.limits.max_chunk_bytes)
+    app = web.Application(
+        middlewares=[credentials, failures], client_max_size=service.limits.max_chunk_bytes
+    )
     app[SERVICE] = service
     app.router.add_get("/healthz", health)
     http_ingest.add_routes(app)

@@ -7,6 +7,7 @@ import fcntl
 import logging
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -59,9 +60,40 @@ class Service:
         )
         self.shutting_down = False
         self.receiving_bytes = 0  # HTTP bodies in memory right now (see httputil.read_body)
+        self._password_checks = ThreadPoolExecutor(1, thread_name_prefix="password-check")
 
     def authenticate(self, request: web.Request) -> Account | None:
-        """HTTP Basic against policy users, then reader accounts."""
+        """HTTP Basic against policy users, then reader accounts.
+
+        Only looks up passwords ``verify_credentials`` already checked, so it never runs
+        scrypt on the event loop.
+        """
+        found = self._stored_hash(request)
+        if found is None:
+            return None
+        user, password, stored, policy = found
+        if not self.policies.is_verified(user, password, stored):
+            return None
+        return Account(user, policy)
+
+    async def verify_credentials(self, request: web.Request) -> None:
+        """Check a request's Basic password in a worker thread before its handler runs.
+
+        scrypt takes about 50 ms of CPU: on the event loop, every wrong password would stall
+        all ingest for that long. One thread, so a flood of wrong passwords keeps one core.
+        """
+        found = self._stored_hash(request)
+        if found is None:
+            return
+        user, password, stored, _ = found
+        if not self.policies.is_verified(user, password, stored):
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(
+                self._password_checks, self.policies.check_password, user, password, stored
+            )
+
+    def _stored_hash(self, request: web.Request) -> tuple[str, str, str, Policy | None] | None:
+        """(user, password, stored hash, policy or None for a reader) of a known user."""
         header = request.headers.get("Authorization", "")
         if not header.startswith("Basic "):
             return None
@@ -71,12 +103,10 @@ class Service:
             return None
         policy = self.policies.by_user(user)
         if policy is not None:
-            if self.policies.check_password(user, password, policy.record.password_hash):
-                return Account(user, policy)
-            return None
+            return user, password, policy.record.password_hash, policy
         stored = self.catalog.reader_hash(user)
-        if stored is not None and self.policies.check_password(user, password, stored):
-            return Account(user, None)
+        if stored is not None:
+            return user, password, stored, None
         return None
 
     def readable_streams(self, account: Account) -> list[Stream]:
@@ -111,6 +141,7 @@ class Service:
     async def close(self) -> None:
         self.shutting_down = True
         await self.store.close()
+        self._password_checks.shutdown(wait=True)
         self.sync_catalog()
         self.catalog.close()
         os.close(self._lock)

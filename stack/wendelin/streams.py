@@ -73,6 +73,7 @@ class StreamStats:
     size: int = 0
     entries: int = 0
     chunks: int = 0
+    commits: int = 0  # fsyncs that committed them: chunks / commits is the group-commit batch
     first_time: float = math.nan
     last_time: float = math.nan
     last_ingest: float = math.nan
@@ -208,6 +209,8 @@ class Stream:
         stats.size = end
         stats.entries = total
         stats.chunks += 1
+        if committed != stats.last_ingest:  # the chunks of one commit share its time
+            stats.commits += 1
         stats.last_ingest = committed
         if not math.isnan(low):
             stats.first_time = low if math.isnan(stats.first_time) else min(stats.first_time, low)

@@ -200,3 +200,27 @@ def test_policies_added_and_removed_by_the_cli_apply_without_restart(deployment)
     assert requests.post(url, data=GOOD, auth=auth).status_code == 204
     cli("policy", "remove", "--root", root, "late")
     assert requests.post(url, data=GOOD, auth=auth).status_code == 404
+
+
+def test_wrong_passwords_do_not_stall_other_requests(deployment) -> None:
+    """scrypt (about 50 ms each) runs in a worker thread: 20 wrong passwords at once would
+    stall the event loop for a second if it ran there."""
+    import concurrent.futures
+    import time
+
+    url, (user, _) = ingest_url(deployment, "sensor.stall"), deployment.auth()
+
+    def guess(number: int) -> int:
+        return requests.post(url, data=GOOD, auth=(user, f"guess{number}"), timeout=60).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        guesses = [pool.submit(guess, number) for number in range(20)]
+        time.sleep(0.05)  # the guesses are being checked now
+        slowest = 0.0
+        while not all(future.done() for future in guesses):
+            started = time.perf_counter()
+            assert requests.get(f"{deployment.url}/healthz", timeout=10).ok
+            slowest = max(slowest, time.perf_counter() - started)
+        assert [future.result() for future in guesses] == [401] * 20
+    assert slowest < 0.3, f"health check waited {slowest:.3f} s behind password checks"
+    assert deployment.stream("sensor.stall") is None

@@ -192,3 +192,21 @@ def test_time_queries_skip_old_chunks_without_reading_them(tmp_path) -> None:
     assert [record["n"] for _, record in chunks.iter_entries(data)] == [95, 96, 97, 98, 99]
     assert len(reads) == 5 and next_start is None  # only the 5 chunks that can match
     run(store.close())
+
+
+def test_commits_count_the_fsyncs_that_grouped_chunks(tmp_path) -> None:
+    async def appends() -> tuple[int, int]:
+        store = StreamStore(str(tmp_path))
+        stream = store.open_or_create("s", "p")
+        await stream.append(chunk_of(0))  # alone: one commit
+        # Queued while nothing else is on disk yet: they go out together.
+        await asyncio.gather(*(stream.append(chunk_of(n)) for n in range(1, 9)))
+        counts = stream.stats.chunks, stream.stats.commits
+        await store.close()
+        return counts
+
+    chunk_count, commit_count = run(appends())
+    assert chunk_count == 9 and 2 <= commit_count < 9
+    store = StreamStore(str(tmp_path))  # the count is rebuilt from the index
+    assert store.get("s").stats.commits == commit_count  # type: ignore[union-attr]
+    run(store.close())
