@@ -112,7 +112,8 @@ class PolicyRegistry:
         self._policies: dict[str, Policy] = {}
         self._by_user: dict[str, Policy] = {}
         self._version = -1
-        # Successful password checks, keyed by a keyed hash so the cache holds no password.
+        # Successful password checks, keyed by a keyed hash so the cache holds no password,
+        # each with the stored hash it matched.
         self._verified: dict[tuple[str, bytes], str] = {}
         self._cache_key = secrets.token_bytes(32)
 
@@ -191,7 +192,9 @@ class PolicyRegistry:
             )
         self._policies = policies
         self._by_user = {policy.record.http_user: policy for policy in policies.values()}
-        self._verified.clear()
+        # _verified is kept: an entry only counts while the stored hash it was checked against
+        # is still the user's, and clearing it here could turn a request that
+        # verify_credentials just accepted into a 401 when the CLI changes another policy.
         self._version = version
 
     def get(self, name: str) -> Policy | None:

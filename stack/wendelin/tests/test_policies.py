@@ -58,3 +58,20 @@ def test_cli_prints_credentials_and_list_shows_no_secrets(tmp_path) -> None:
     assert "plant-7" in listing and "plant7.**" in listing
     assert credentials["password"] not in listing and credentials["shared_key"] not in listing
     assert json.loads(json.dumps(credentials))["user"].startswith("plant-7-")
+
+
+def test_a_cached_password_counts_only_for_the_hash_it_matched(tmp_path) -> None:
+    registry = PolicyRegistry(str(tmp_path), SQLiteCatalog(str(tmp_path / "catalog.sqlite")))
+    credentials = registry.add("turbines", "sensor.**")
+    policy = registry.by_user(credentials.http_user)
+    assert policy is not None
+    stored = policy.record.password_hash
+    user, password = credentials.http_user, credentials.http_password
+    assert not registry.is_verified(user, password, stored)  # only after a real check
+    assert not registry.check_password(user, "guessed", stored)
+    assert not registry.is_verified(user, "guessed", stored)  # failures are not cached
+    assert registry.check_password(user, password, stored)
+    assert registry.is_verified(user, password, stored)
+    registry.add("other", "**")  # another policy changes: the check still holds
+    assert registry.by_user("nobody") is None and registry.is_verified(user, password, stored)
+    assert not registry.is_verified(user, password, "scrypt$00$00")  # a new hash: check again
