@@ -90,6 +90,29 @@ def fsync_baseline(directory: str, blobs: list[bytes]) -> float:
     return elapsed
 
 
+def timed_in_threads(work: Callable[..., None], arguments: list[tuple]) -> float:
+    """Seconds for ``work(*each)`` to run in one thread per entry of ``arguments``, all at
+    once; the first error any of them raised is raised here."""
+    errors: list[BaseException] = []
+
+    def run(*each: object) -> None:
+        try:
+            work(*each)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=each) for each in arguments]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    if errors:
+        raise errors[0]
+    return elapsed
+
+
 def forward_run(
     server: ServerProcess, key: str, blobs: list[bytes], connections: int, round_number: int
 ) -> float:
@@ -117,37 +140,23 @@ def forward_run(
         ]
         for k, share in enumerate(shares)
     ]
-    errors: list[BaseException] = []
 
     def send(client: ForwardClient, queue: list[tuple[str, bytes]]) -> None:
-        try:
-            in_flight = 0
-            for _, message in queue:
-                if in_flight == WINDOW:
-                    client.read_ack()
-                    in_flight -= 1
-                client.write_raw(message)
-                in_flight += 1
-            for _ in range(in_flight):
+        in_flight = 0
+        for _, message in queue:
+            if in_flight == WINDOW:
                 client.read_ack()
-        except BaseException as error:
-            errors.append(error)
+                in_flight -= 1
+            client.write_raw(message)
+            in_flight += 1
+        for _ in range(in_flight):
+            client.read_ack()
 
-    threads = [
-        threading.Thread(target=send, args=(client, queue))
-        for client, queue in zip(clients, messages, strict=True)
-    ]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    for client in clients:
-        client.close()
-    if errors:
-        raise errors[0]
-    return elapsed
+    try:
+        return timed_in_threads(send, list(zip(clients, messages, strict=True)))
+    finally:
+        for client in clients:
+            client.close()
 
 
 def http_run(url: str, auth: tuple[str, str], blobs: list[bytes], connections: int = 1) -> float:
@@ -160,7 +169,6 @@ def http_run(url: str, auth: tuple[str, str], blobs: list[bytes], connections: i
     path = "/ingestion_policies/bench/ingest?reference=bench.http"
     token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
     headers = {"Authorization": f"Basic {token}", "Content-Type": "application/octet-stream"}
-    errors: list[BaseException] = []
 
     def post(share: list[bytes]) -> None:
         connection = http.client.HTTPConnection(host, int(port))
@@ -171,23 +179,10 @@ def http_run(url: str, auth: tuple[str, str], blobs: list[bytes], connections: i
                 answer = response.read()
                 if response.status != 204:
                     raise RuntimeError(f"HTTP ingest answered {response.status}: {answer!r}")
-        except BaseException as error:
-            errors.append(error)
         finally:
             connection.close()
 
-    threads = [
-        threading.Thread(target=post, args=(blobs[k::connections],)) for k in range(connections)
-    ]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    if errors:
-        raise errors[0]
-    return elapsed
+    return timed_in_threads(post, [(blobs[k::connections],) for k in range(connections)])
 
 
 def stream_counts(server: ServerProcess, auth: tuple[str, str]) -> tuple[int, int]:
