@@ -17,6 +17,8 @@ from wendelin.policies import Policy, PolicyRegistry
 from wendelin.streams import Stream, StreamStore
 
 log = logging.getLogger(__name__)
+# Set on each request by verify_credentials (None: no or wrong credentials).
+_ACCOUNT: web.RequestKey["Account | None"] = web.RequestKey("account", object)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,32 +67,36 @@ class Service:
     def authenticate(self, request: web.Request) -> Account | None:
         """HTTP Basic against policy users, then reader accounts.
 
-        Only looks up passwords ``verify_credentials`` already checked, so it never runs
-        scrypt on the event loop.
+        The answer ``verify_credentials`` found for this request; it never runs scrypt.
         """
-        found = self._stored_hash(request)
+        if _ACCOUNT in request:
+            return request[_ACCOUNT]
+        found = self._stored_hash(request)  # not through the app's middleware: cache only
         if found is None:
             return None
         user, password, stored, policy = found
-        if not self.policies.is_verified(user, password, stored):
-            return None
-        return Account(user, policy)
+        return Account(user, policy) if self.policies.is_verified(user, password, stored) else None
 
     async def verify_credentials(self, request: web.Request) -> None:
-        """Check a request's Basic password in a worker thread before its handler runs.
+        """Check a request's Basic password before its handler runs, for ``authenticate``.
 
         scrypt takes about 50 ms of CPU: on the event loop, every wrong password would stall
-        all ingest for that long. One thread, so a flood of wrong passwords keeps one core.
+        all ingest for that long, so it runs in a worker thread (one, so that a flood of
+        wrong passwords keeps one core at most). Accepted passwords are cached.
         """
+        account = None
         found = self._stored_hash(request)
-        if found is None:
-            return
-        user, password, stored, _ = found
-        if not self.policies.is_verified(user, password, stored):
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(
-                self._password_checks, self.policies.check_password, user, password, stored
-            )
+        if found is not None:
+            user, password, stored, policy = found
+            verified = self.policies.is_verified(user, password, stored)
+            if not verified:
+                loop = asyncio.get_running_loop()
+                verified = await loop.run_in_executor(
+                    self._password_checks, self.policies.check_password, user, password, stored
+                )
+            if verified:
+                account = Account(user, policy)
+        request[_ACCOUNT] = account
 
     def _stored_hash(self, request: web.Request) -> tuple[str, str, str, Policy | None] | None:
         """(user, password, stored hash, policy or None for a reader) of a known user."""
