@@ -47,6 +47,13 @@ def wendelin() -> None:
     help="HOST:PORT for the fluentd forward protocol; 'off' to disable.",
 )
 @click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False),
+    help="PEM certificate: serve HTTP over TLS (HTTPS), so Basic passwords never cross the "
+    "network in clear. Off by default: the default --listen is 127.0.0.1.",
+)
+@click.option("--tls-key", type=click.Path(dir_okay=False), help="PEM key for it.")
+@click.option(
     "--forward-tls-cert",
     type=click.Path(dir_okay=False),
     help="PEM certificate: serve the forward protocol over TLS (fluentd <transport tls>).",
@@ -76,6 +83,8 @@ def serve(
     root: str,
     listen: str,
     forward_listen: str,
+    tls_cert: str | None,
+    tls_key: str | None,
     forward_tls_cert: str | None,
     forward_tls_key: str | None,
     max_chunk_mib: int,
@@ -112,6 +121,7 @@ def serve(
                 parse_address(listen, 8080),
                 forward,
                 limits,
+                http_tls=tls_context(tls_cert, tls_key),
                 forward_tls=tls_context(forward_tls_cert, forward_tls_key),
             )
         )

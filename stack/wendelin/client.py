@@ -23,14 +23,25 @@ from wendelin import eventtime
 class Context:
     """A connection to one server with one account."""
 
-    def __init__(self, url: str, user: str, password: str, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        user: str,
+        password: str,
+        timeout: float = 60.0,
+        ca: str | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
         self.session = requests.Session()
         self.session.auth = (user, password)
         self.timeout = timeout
+        # Passed on every request: requests lets $REQUESTS_CA_BUNDLE override session.verify.
+        self.verify: str | bool = ca or True
 
     def get(self, path: str, **kwargs: object) -> requests.Response:
-        response = self.session.get(self.url + path, timeout=self.timeout, **kwargs)
+        response = self.session.get(
+            self.url + path, timeout=self.timeout, verify=self.verify, **kwargs
+        )
         response.raise_for_status()
         return response
 
@@ -48,9 +59,13 @@ class Context:
         self.close()
 
 
-def connect(url: str, user: str, password: str) -> Context:
-    """Log in with a policy's or a reader's credentials (checked right away)."""
-    context = Context(url, user, password)
+def connect(url: str, user: str, password: str, ca: str | None = None) -> Context:
+    """Log in with a policy's or a reader's credentials (checked right away).
+
+    ``ca``: a PEM file of the certificate(s) to trust for an ``https://`` server whose
+    certificate the system does not trust (a self-signed one, say).
+    """
+    context = Context(url, user, password, ca=ca)
     context.get("/api/streams")
     return context
 
@@ -77,6 +92,7 @@ class Streams:
         response = self._context.session.get(
             f"{self._context.url}/api/streams/{quote(name, safe='')}",
             timeout=self._context.timeout,
+            verify=self._context.verify,
         )
         if response.status_code == 404:
             raise KeyError(name)

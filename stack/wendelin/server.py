@@ -58,6 +58,7 @@ async def serve(
     listen: tuple[str, int],
     forward_listen: tuple[str, int] | None,
     limits: Limits,
+    http_tls: ssl.SSLContext | None = None,
     forward_tls: ssl.SSLContext | None = None,
 ) -> None:
     service = Service(root, limits)
@@ -65,15 +66,16 @@ async def serve(
         make_app(service), access_log_format=ACCESS_LOG_FORMAT, handle_signals=False
     )
     await runner.setup()
-    site = web.TCPSite(runner, listen[0], listen[1], backlog=512)
+    site = web.TCPSite(runner, listen[0], listen[1], backlog=512, ssl_context=http_tls)
     await site.start()
     forward_server = None
     if forward_listen is not None:
         forward = ForwardServer(service.store, service.policies, limits.max_chunk_bytes)
         forward_server = await forward.start(*forward_listen, ssl_context=forward_tls)
     log.info(
-        "serving root %s: HTTP on %s:%d, forward on %s",
+        "serving root %s: %s on %s:%d, forward on %s",
         service.root,
+        "HTTPS" if http_tls else "HTTP",
         *listen,
         f"{forward_listen[0]}:{forward_listen[1]}" if forward_listen else "(off)",
     )

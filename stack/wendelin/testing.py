@@ -1,5 +1,7 @@
 """Run a real `wendelin serve` process for tests and the benchmark (127.0.0.1, free ports)."""
 
+import datetime
+import ipaddress
 import json
 import os
 import signal
@@ -44,8 +46,16 @@ class ServerProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
+    def tls_certificate(self) -> str | None:
+        """The PEM certificate the HTTP port serves (``--tls-cert``), trusted by ``get``."""
+        if "--tls-cert" in self.extra:
+            return self.extra[self.extra.index("--tls-cert") + 1]
+        return None
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        scheme = "https" if self.tls_certificate else "http"
+        return f"{scheme}://127.0.0.1:{self.http_port}"
 
     def start(self, timeout: float = 30.0) -> "ServerProcess":
         os.makedirs(self.root, exist_ok=True)
@@ -72,7 +82,10 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}: {self.log()}")
             try:
-                if requests.get(self.url + "/healthz", timeout=1).ok:
+                health = requests.get(
+                    self.url + "/healthz", timeout=1, verify=self.tls_certificate or True
+                )
+                if health.ok:
                     return self
             except requests.ConnectionError:
                 pass
@@ -105,3 +118,42 @@ class ServerProcess:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def self_signed(directory: "os.PathLike[str] | str") -> tuple[str, str]:
+    """A certificate and key for 127.0.0.1 (PEM paths in ``directory``), for TLS tests."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path = os.path.join(directory, "cert.pem")
+    key_path = os.path.join(directory, "key.pem")
+    with open(cert_path, "wb") as out:
+        out.write(certificate.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as out:
+        out.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    return cert_path, key_path

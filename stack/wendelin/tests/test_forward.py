@@ -1,7 +1,5 @@
 """The forward protocol against a real server: every mode, acks, handshake, bad input."""
 
-import datetime
-import ipaddress
 import socket
 import ssl
 import time
@@ -12,7 +10,7 @@ from fluent import sender
 
 from wendelin import eventtime
 from wendelin.forward_client import ForwardClient, HandshakeFailed, new_chunk_id
-from wendelin.testing import ServerProcess, add_policy
+from wendelin.testing import ServerProcess, add_policy, self_signed
 
 pytestmark = pytest.mark.integration
 
@@ -192,43 +190,6 @@ def test_fluent_logger_message_mode(deployment) -> None:
     while len(deployment.records("sensor.logger")) < 10 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert deployment.records("sensor.logger") == [{"number": n} for n in range(10)]
-
-
-def self_signed(directory) -> tuple[str, str]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = str(directory / "cert.pem"), str(directory / "key.pem")
-    with open(cert_path, "wb") as out:
-        out.write(certificate.public_bytes(serialization.Encoding.PEM))
-    with open(key_path, "wb") as out:
-        out.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-    return cert_path, key_path
 
 
 def test_forward_over_tls(tmp_path) -> None:

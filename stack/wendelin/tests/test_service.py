@@ -97,3 +97,25 @@ def test_too_many_bodies_at_once_is_a_503_overload_not_memory_exhaustion(tmp_pat
         assert slow.recv(100).startswith(b"HTTP/1.1 204")
         slow.close()
         assert requests.post(server.url + path, data=body, auth=auth).status_code == 204
+
+
+def test_https_ingest_and_client_with_the_services_own_certificate(tmp_path) -> None:
+    from wendelin import client
+    from wendelin.testing import self_signed
+
+    cert, key = self_signed(tmp_path)
+    root = str(tmp_path / "root")
+    credentials = add_policy(root, "secure", "--tag-pattern", "sensor.**")
+    auth = (credentials["user"], credentials["password"])
+    with ServerProcess(root, "--tls-cert", cert, "--tls-key", key) as server:
+        assert server.url.startswith("https://")
+        body = msgpack.packb([eventtime.pack(1_700_000_000), {"n": 1}])
+        url = f"{server.url}/ingestion_policies/secure/ingest?reference=sensor.tls"
+        assert requests.post(url, data=body, auth=auth, verify=cert).status_code == 204
+        with pytest.raises(requests.exceptions.SSLError):  # an unknown certificate is refused
+            requests.post(url, data=body, auth=auth, verify=True)
+        plain = url.replace("https://", "http://")
+        with pytest.raises(requests.exceptions.ConnectionError):  # no clear-text fallback
+            requests.post(plain, data=body, auth=auth)
+        with client.connect(server.url, *auth, ca=cert) as context:
+            assert [record for _, record in context.streams["sensor.tls"].entries()] == [{"n": 1}]
