@@ -1,7 +1,5 @@
 """Run a real `wendelin serve` process for tests and the benchmark (127.0.0.1, free ports)."""
 
-import datetime
-import ipaddress
 import json
 import os
 import signal
@@ -9,6 +7,8 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import requests
 
@@ -37,8 +37,12 @@ def add_policy(root: str, name: str, *options: str) -> dict[str, str]:
 class ServerProcess:
     """One service process; ``kill()`` is SIGKILL, ``start()`` again reuses root and ports."""
 
-    def __init__(self, root: str, *extra: str, log_path: str | None = None) -> None:
+    def __init__(
+        self, root: str, *extra: str, log_path: str | None = None, ca: str | None = None
+    ) -> None:
+        """``extra``: more `serve` options; ``ca``: what to trust when they include --tls-cert."""
         self.root = root
+        self.ca = ca
         self.http_port = free_port()
         self.forward_port = free_port()
         self.extra = extra
@@ -46,15 +50,8 @@ class ServerProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
-    def tls_certificate(self) -> str | None:
-        """The PEM certificate the HTTP port serves (``--tls-cert``), trusted by ``get``."""
-        if "--tls-cert" in self.extra:
-            return self.extra[self.extra.index("--tls-cert") + 1]
-        return None
-
-    @property
     def url(self) -> str:
-        scheme = "https" if self.tls_certificate else "http"
+        scheme = "https" if "--tls-cert" in self.extra else "http"
         return f"{scheme}://127.0.0.1:{self.http_port}"
 
     def start(self, timeout: float = 30.0) -> "ServerProcess":
@@ -82,9 +79,7 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}: {self.log()}")
             try:
-                health = requests.get(
-                    self.url + "/healthz", timeout=1, verify=self.tls_certificate or True
-                )
+                health = requests.get(self.url + "/healthz", timeout=1, verify=self.ca or True)
                 if health.ok:
                     return self
             except requests.ConnectionError:
@@ -120,40 +115,20 @@ class ServerProcess:
         self.stop()
 
 
-def self_signed(directory: "os.PathLike[str] | str") -> tuple[str, str]:
-    """A certificate and key for 127.0.0.1 (PEM paths in ``directory``), for TLS tests."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+@dataclass(frozen=True)
+class TestCertificate:
+    certificate: str  # PEM, for --tls-cert / --forward-tls-cert
+    key: str
+    ca: str  # PEM of the authority that issued it: what a client trusts
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
+
+def server_certificate(directory: "os.PathLike[str] | str") -> TestCertificate:
+    """A server certificate for 127.0.0.1 from a fresh authority in ``directory``, for TLS
+    tests; the cache's own certificate authority issues it."""
+    from shacache.users import CertificateAuthority
+
+    authority = CertificateAuthority(Path(directory) / "ca")
+    certificate, key = authority.issue(
+        "127.0.0.1", Path(directory), client=False, hosts=["127.0.0.1"]
     )
-    cert_path = os.path.join(directory, "cert.pem")
-    key_path = os.path.join(directory, "key.pem")
-    with open(cert_path, "wb") as out:
-        out.write(certificate.public_bytes(serialization.Encoding.PEM))
-    with open(key_path, "wb") as out:
-        out.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-    return cert_path, key_path
+    return TestCertificate(str(certificate), str(key), str(authority.cert_path))

@@ -10,7 +10,7 @@ from fluent import sender
 
 from wendelin import eventtime
 from wendelin.forward_client import ForwardClient, HandshakeFailed, new_chunk_id
-from wendelin.testing import ServerProcess, add_policy, self_signed
+from wendelin.testing import ServerProcess, add_policy, server_certificate
 
 pytestmark = pytest.mark.integration
 
@@ -193,12 +193,12 @@ def test_fluent_logger_message_mode(deployment) -> None:
 
 
 def test_forward_over_tls(tmp_path) -> None:
-    cert, key = self_signed(tmp_path)
+    issued = server_certificate(tmp_path)
     root = str(tmp_path / "root")
     credentials = add_policy(root, "tls")
-    options = ("--forward-tls-cert", cert, "--forward-tls-key", key)
+    options = ("--forward-tls-cert", issued.certificate, "--forward-tls-key", issued.key)
     with ServerProcess(root, *options) as server:
-        context = ssl.create_default_context(cafile=cert)
+        context = ssl.create_default_context(cafile=issued.ca)
         with ForwardClient(
             "127.0.0.1", server.forward_port, shared_key=credentials["shared_key"], tls=context
         ) as client:

@@ -101,13 +101,15 @@ def test_too_many_bodies_at_once_is_a_503_overload_not_memory_exhaustion(tmp_pat
 
 def test_https_ingest_and_client_with_the_services_own_certificate(tmp_path) -> None:
     from wendelin import client
-    from wendelin.testing import self_signed
+    from wendelin.testing import server_certificate
 
-    cert, key = self_signed(tmp_path)
+    issued = server_certificate(tmp_path)
+    cert = issued.ca  # what a client trusts
     root = str(tmp_path / "root")
     credentials = add_policy(root, "secure", "--tag-pattern", "sensor.**")
     auth = (credentials["user"], credentials["password"])
-    with ServerProcess(root, "--tls-cert", cert, "--tls-key", key) as server:
+    options = ("--tls-cert", issued.certificate, "--tls-key", issued.key)
+    with ServerProcess(root, *options, ca=issued.ca) as server:
         assert server.url.startswith("https://")
         body = msgpack.packb([eventtime.pack(1_700_000_000), {"n": 1}])
         url = f"{server.url}/ingestion_policies/secure/ingest?reference=sensor.tls"
