@@ -162,3 +162,24 @@ def test_entry_reads_of_a_raw_stream_say_why_not(filled) -> None:
     )
     assert response.status_code == 409
     assert "raw bytes" in response.text
+
+
+def test_scipy_reads_the_stream_as_a_wav_file_over_http_ranges(filled, monkeypatch) -> None:
+    from scipy.io import wavfile
+
+    deployment, wav = filled
+    stream = client.connect(deployment.url, *deployment.auth()).streams["sensor.audio"]
+    fetched: list[int] = []
+    original = client.Stream.read
+
+    def counting(self, start: int, end: int) -> bytes:
+        fetched.append(end - start)
+        return original(self, start, end)
+
+    monkeypatch.setattr(client.Stream, "read", counting)
+    with stream.open(block_size=64 << 10) as remote:
+        rate, samples = wavfile.read(remote)
+    local_rate, local_samples = wavfile.read(io.BytesIO(wav))
+    assert rate == local_rate == 8000
+    assert samples.dtype == local_samples.dtype and (samples == local_samples).all()
+    assert max(fetched) <= 64 << 10  # in bounded range requests, never the stream at once
