@@ -143,13 +143,28 @@ def _decode_records(body: bytes, content_type: str) -> list[object]:
         if b"json=" in body:
             return _as_records(json.loads(form_field(body, "json")))
         if b"msgpack=" in body:
-            return _as_records(msgpack.unpackb(form_field(body, "msgpack"), strict_map_key=False))
+            return _msgpack_records(form_field(body, "msgpack"))
         raise ValueError("form body needs a json= or msgpack= field")
     if content_type in ("application/msgpack", "application/x-msgpack"):
-        return _as_records(msgpack.unpackb(body, strict_map_key=False))
+        return _msgpack_records(body)
     if content_type in ("application/x-ndjson", "application/jsonl"):
         return [json.loads(line) for line in body.splitlines() if line.strip()]
     return _as_records(json.loads(body))
+
+
+def _msgpack_records(body: bytes) -> list[object]:
+    """Records of one msgpack value or of several in a row, as fluentd's out_http sends
+    with ``<format> @type msgpack``: the records of a chunk, one after the other."""
+    unpacker = msgpack.Unpacker(strict_map_key=False, max_buffer_size=max(len(body), 1))
+    unpacker.feed(body)
+    records: list[object] = []
+    complete = 0  # tell() after a failed read counts the incomplete value's bytes too
+    for value in unpacker:
+        records.extend(_as_records(value))
+        complete = unpacker.tell()
+    if complete != len(body):
+        raise ValueError(f"truncated msgpack: {len(body) - complete} bytes left over")
+    return records
 
 
 def _as_records(value: object) -> list[object]:

@@ -6,7 +6,9 @@ the Ruby gem registry is out of reach. So this test does what fluentd would do w
 interpolation), sets the environment exactly as the file's header says after ``policy add``,
 and sends through every ``<match>`` with the parameters found there, using the peers fluentd's
 outputs are modelled on: our forward client for ``out_forward`` (shared-key handshake, acks)
-and an HTTP POST as fluent-plugin-wendelin makes it (``<streamtool_uri>/ingest?reference=``).
+an HTTP POST as fluent-plugin-wendelin makes it (``<streamtool_uri>/ingest?reference=``), and
+one as fluentd's ``out_http`` makes it (its endpoint, ``<auth>``, and the ndjson body and
+Content-Type of its default json format).
 A parameter the service does not accept fails here.
 """
 
@@ -113,12 +115,18 @@ def configured(tmp_path):
 
 
 def stored_numbers(server: ServerProcess, credentials: dict[str, str], tag: str) -> list[int]:
+    return stored_numbers_of(server, credentials, tag, "n")
+
+
+def stored_numbers_of(
+    server: ServerProcess, credentials: dict[str, str], tag: str, field_name: str
+) -> list[int]:
     auth = (credentials["user"], credentials["password"])
     answer = requests.get(
         f"{server.url}/api/streams/{tag}/entries", params={"format": "json"}, auth=auth, timeout=10
     )
     answer.raise_for_status()
-    return [record["n"] for _, record in answer.json()]
+    return [record[field_name] for _, record in answer.json()]
 
 
 def matches(config: Directive, output_type: str) -> list[Directive]:
@@ -159,3 +167,20 @@ def test_the_wendelin_output_as_configured_posts_to_wendelins_url_layout(configu
         answer = requests.post(url, params={"reference": tag}, data=body, auth=auth, timeout=10)
         assert answer.status_code == 204, answer.text
     assert stored_numbers(server, credentials, tag) == [7, 8]
+
+
+def test_the_http_output_as_configured_posts_ndjson_to_the_tag_endpoint(configured) -> None:
+    server, credentials, config = configured
+    (output,) = matches(config, "http")
+    assert output.parameters["retryable_response_codes"] == "[503]"
+    assert output.child("buffer").argument == "tag"  # so ${tag} has a value
+    tag = output.argument.replace("**", "door.opened")
+    url = output.parameters["endpoint"].replace("${tag}", tag)
+    auth_section = output.child("auth")
+    assert auth_section.parameters["method"] == "basic"
+    auth = (auth_section.parameters["username"], auth_section.parameters["password"])
+    body = b'{"door": 1}\n{"door": 2}\n'  # out_http's json format: one record per line
+    headers = {"Content-Type": "application/x-ndjson"}
+    answer = requests.post(url, data=body, headers=headers, auth=auth, timeout=10)
+    assert answer.status_code == 204, answer.text
+    assert stored_numbers_of(server, credentials, tag, "door") == [1, 2]

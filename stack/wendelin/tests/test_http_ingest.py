@@ -192,6 +192,17 @@ def test_tags_endpoint_takes_json_ndjson_msgpack_and_forms(deployment) -> None:
     assert entries[1][0] == 1_700_000_000.5
 
 
+def test_tags_endpoint_takes_out_https_msgpack_chunks(deployment) -> None:
+    """fluentd's out_http with `<format> @type msgpack` posts the records back to back."""
+    url, auth = f"{deployment.url}/tags/sensor.outhttp", deployment.auth()
+    headers = {"Content-Type": "application/x-msgpack"}
+    chunk = b"".join(msgpack.packb({"n": n}) for n in range(3))
+    assert requests.post(url, data=chunk, headers=headers, auth=auth).status_code == 204
+    truncated = requests.post(url, data=chunk[:-2], headers=headers, auth=auth)
+    assert truncated.status_code == 400 and "truncated msgpack" in truncated.text
+    assert deployment.records("sensor.outhttp") == [{"n": 0}, {"n": 1}, {"n": 2}]
+
+
 def test_policies_added_and_removed_by_the_cli_apply_without_restart(deployment) -> None:
     root = deployment.server.root
     credentials = add_policy(root, "late", "--tag-pattern", "late.*")
