@@ -96,17 +96,23 @@ def test_wave_opens_the_stream_over_http_ranges(filled) -> None:
         assert remote.read() == wav[-4:]
 
 
-def test_open_fetches_only_what_is_read(filled, monkeypatch) -> None:
-    deployment, _ = filled
-    stream = client.connect(deployment.url, *deployment.auth()).streams["sensor.audio"]
-    fetched: list[int] = []
+@pytest.fixture()
+def fetched(monkeypatch) -> list[int]:
+    """The size of every range the client fetches from now on."""
+    sizes: list[int] = []
     original = client.Stream.read
 
     def counting(self, start: int, end: int) -> bytes:
-        fetched.append(end - start)
+        sizes.append(end - start)
         return original(self, start, end)
 
     monkeypatch.setattr(client.Stream, "read", counting)
+    return sizes
+
+
+def test_open_fetches_only_what_is_read(filled, fetched) -> None:
+    deployment, _ = filled
+    stream = client.connect(deployment.url, *deployment.auth()).streams["sensor.audio"]
     with stream.open(block_size=4096) as remote, wave.open(remote) as audio:
         audio.setpos(30000)
         audio.readframes(100)
@@ -164,19 +170,11 @@ def test_entry_reads_of_a_raw_stream_say_why_not(filled) -> None:
     assert "raw bytes" in response.text
 
 
-def test_scipy_reads_the_stream_as_a_wav_file_over_http_ranges(filled, monkeypatch) -> None:
+def test_scipy_reads_the_stream_as_a_wav_file_over_http_ranges(filled, fetched) -> None:
     from scipy.io import wavfile
 
     deployment, wav = filled
     stream = client.connect(deployment.url, *deployment.auth()).streams["sensor.audio"]
-    fetched: list[int] = []
-    original = client.Stream.read
-
-    def counting(self, start: int, end: int) -> bytes:
-        fetched.append(end - start)
-        return original(self, start, end)
-
-    monkeypatch.setattr(client.Stream, "read", counting)
     with stream.open(block_size=64 << 10) as remote:
         rate, samples = wavfile.read(remote)
     local_rate, local_samples = wavfile.read(io.BytesIO(wav))
