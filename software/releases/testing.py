@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from releases.build import BuildResult, CacheSettings, build_release, repository_root
+from releases.instance import Instance, instantiate
 from releases.recipes import _project_files
 
 
@@ -119,3 +122,25 @@ def assert_software_links_sanely(software_dir: Path) -> int:
     files, problems = check_software(software_dir)
     assert not problems, "\n".join(str(p) for p in problems)
     return len(files)
+
+
+@dataclass
+class InstanceRun:
+    instance: Instance
+    stopped: bool | None = None  # what Instance.stop answered on exit: was anything running
+
+
+@contextlib.contextmanager
+def healthy_instance(
+    software_dir: Path, root: Path, parameters: dict[str, str]
+) -> Iterator[InstanceRun]:
+    """An instance of a built release in ``root``, started and asserted healthy within 30 s;
+    stopped on exit, whatever happened."""
+    run = InstanceRun(instantiate(software_dir, root, parameters))
+    try:
+        run.instance.start()
+        checks = run.instance.wait_healthy(30)
+        assert all(c.ok for c in checks), checks
+        yield run
+    finally:
+        run.stopped = Instance(root).stop()

@@ -11,8 +11,13 @@ from pathlib import Path
 import pytest
 
 from releases.build import BuildError, BuildResult, build_release
-from releases.instance import Instance, InstanceError, instantiate
-from releases.testing import CacheFixture, build_snapshot_release, free_ports
+from releases.instance import InstanceError, instantiate
+from releases.testing import (
+    CacheFixture,
+    build_snapshot_release,
+    free_ports,
+    healthy_instance,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -65,14 +70,7 @@ def test_vm_starts_with_forwarded_ports(kvm_build: BuildResult, tmp_path: Path) 
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", image, "64M"], check=True)
     ssh, service = free_ports(2)
     parameters = {"image": str(image), "ssh-port": str(ssh), "service-port": str(service)}
-    root = tmp_path / "instance"
-    instance = instantiate(kvm_build.software_dir, root, parameters)
-    try:
-        instance.start()
-        # Health means: qemu runs and its user-network forwards listen on the host ports.
-        # A blank disk boots nothing; booting real images is the images issue's test.
-        checks = instance.wait_healthy(30)
-        assert all(c.ok for c in checks), checks
+    # Health means: qemu runs and its user-network forwards listen on the host ports.
+    # A blank disk boots nothing; booting real images is the images issue's test.
+    with healthy_instance(kvm_build.software_dir, tmp_path / "instance", parameters):
         assert os.path.getsize(image) < 1 << 20  # snapshot=on: the image is never written
-    finally:
-        Instance(root).stop()

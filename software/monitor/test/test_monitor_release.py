@@ -8,12 +8,12 @@ import pytest
 import requests
 
 from releases.build import BuildResult
-from releases.instance import instantiate
 from releases.testing import (
     CacheFixture,
     assert_software_links_sanely,
     build_snapshot_release,
     free_ports,
+    healthy_instance,
 )
 
 pytestmark = pytest.mark.slow
@@ -46,11 +46,7 @@ def test_instance_runs_a_cache_server_with_generated_upload_credentials(
 ) -> None:
     (port,) = free_ports(1)
     root = tmp_path / "instance"
-    instance = instantiate(monitor_build.software_dir, root, {"port": str(port)})
-    try:
-        instance.start()
-        checks = instance.wait_healthy(30)
-        assert all(c.ok for c in checks), checks
+    with healthy_instance(monitor_build.software_dir, root, {"port": str(port)}):
         credentials = root / "etc" / "cache-uploader.txt"
         assert credentials.stat().st_mode & 0o077 == 0
         # `kiln cache adduser` prints a line naming the password, the password last.
@@ -60,5 +56,3 @@ def test_instance_runs_a_cache_server_with_generated_upload_credentials(
         assert requests.post(url, data=b"x", timeout=10).status_code == 401
         answer = requests.post(url, data=b"x", auth=("uploader", password), timeout=10)
         assert answer.status_code == 201
-    finally:
-        instance.stop()

@@ -18,6 +18,7 @@ from releases.testing import (
     assert_software_links_sanely,
     build_snapshot_release,
     free_ports,
+    healthy_instance,
 )
 
 pytestmark = pytest.mark.slow
@@ -117,11 +118,7 @@ def test_instance_serves_ingest_with_generated_credentials_and_is_idempotent(
     http_port, forward_port = free_ports(2)
     parameters = {"http-port": str(http_port), "forward-port": str(forward_port)}
     root = tmp_path / "instance"
-    instance = instantiate(warm_build.software_dir, root, parameters)
-    try:
-        instance.start()
-        checks = instance.wait_healthy(30)
-        assert all(c.ok for c in checks), checks
+    with healthy_instance(warm_build.software_dir, root, parameters) as run:
         credentials_file = root / "etc" / "wendelin-default-policy.json"
         assert credentials_file.stat().st_mode & 0o077 == 0
         policy = json.loads(credentials_file.read_text())
@@ -134,7 +131,5 @@ def test_instance_serves_ingest_with_generated_credentials_and_is_idempotent(
         assert all(c.ok for c in again.wait_healthy(30))
         assert (root / "var" / "run" / "supervisord.pid").read_text() == pid_before
         assert json.loads(credentials_file.read_text()) == policy
-    finally:
-        stopped = Instance(root).stop()
-    assert stopped
+    assert run.stopped
     assert not Instance(root).healthy()
