@@ -7,11 +7,11 @@ work. Unlike Wendelin, a byte-identical resend is not appended twice, timestamps
 a tag the policy does not take is refused (403) instead of dropped with a 200.
 """
 
-import asyncio
 import json
 import logging
 import time
 import urllib.parse
+from collections.abc import Awaitable
 
 import msgpack
 from aiohttp import web
@@ -26,9 +26,8 @@ from wendelin.httputil import (
     unauthorized,
     unavailable,
 )
-from wendelin.ingest import TagRejected, http_chunk_key, ingest
-from wendelin.policies import Policy
-from wendelin.streams import NO_KEY, StreamUnavailable
+from wendelin.ingest import TagRejected, ingest, ingest_http_chunk
+from wendelin.streams import StreamUnavailable
 
 log = logging.getLogger(__name__)
 FORM = "application/x-www-form-urlencoded"
@@ -52,27 +51,25 @@ async def fluentd_ingest(request: web.Request) -> web.StreamResponse:
         body = await read_body(request, limit)
     except BodyTooLarge:
         return too_large(limit)
-    # The dedup key (a hash of the body as sent) is computed in a worker thread while the
-    # entries are checked here: both release the GIL, so two cores do them at once.
-    hashing = asyncio.get_running_loop().run_in_executor(None, http_chunk_key, body)
     try:
-        chunk = _entries_of_fluentd_body(body)
+        data = _data_of_form(body) if _is_form(body) else body
     except chunks.ChunkError as problem:
-        await hashing
         return error(400, str(problem))
-    return await _append(policy, tag, chunk, await hashing, request)
+    return await _answer(ingest_http_chunk(service.store, policy, tag, data, _entries_of_chunk))
 
 
-def _entries_of_fluentd_body(body: bytes) -> chunks.Chunk:
-    """The entries of a raw chunk, or of the older form body; ChunkError names the problem."""
-    if _is_form(body):
-        # fluent-plugin-wendelin up to 0.4 and embulk: data_chunk=<url-encoded bytes>
-        try:
-            body = form_field(body, "data_chunk")
-        except (ValueError, UnicodeDecodeError) as problem:
-            raise chunks.ChunkError(f"malformed form body, nothing appended: {problem}") from None
+def _data_of_form(body: bytes) -> bytes:
+    """fluent-plugin-wendelin up to 0.4 and embulk post ``data_chunk=<url-encoded bytes>``."""
     try:
-        return chunks.parse_entries(body)
+        return form_field(body, "data_chunk")
+    except (ValueError, UnicodeDecodeError) as problem:
+        raise chunks.ChunkError(f"malformed form body, nothing appended: {problem}") from None
+
+
+def _entries_of_chunk(data: bytes) -> chunks.Chunk:
+    """The entries of a fluentd chunk; ChunkError names the problem."""
+    try:
+        return chunks.parse_entries(data)
     except chunks.ChunkError as problem:
         raise chunks.ChunkError(f"malformed chunk, nothing appended: {problem}") from None
 
@@ -96,11 +93,12 @@ def _is_form(body: bytes) -> bool:
     return not starts_as_array and b"data_chunk=" in body
 
 
-async def _append(
-    policy: Policy, tag: str, chunk: chunks.Chunk, key: bytes, request: web.Request
-) -> web.Response:
+async def _answer(appending: Awaitable[bool]) -> web.Response:
+    """204 once ``appending`` is durable (also for a retry already stored), or the refusal."""
     try:
-        appended = await ingest(service_of(request).store, policy, tag, chunk, key)
+        appended = await appending
+    except chunks.ChunkError as problem:
+        return error(400, str(problem))
     except TagRejected as problem:
         return error(403, f"{problem}; nothing appended")
     except StreamUnavailable as problem:
@@ -135,7 +133,7 @@ async def tag_ingest(request: web.Request) -> web.StreamResponse:
         chunk = chunks.pack_entries([[stamp, record] for record in records])
     except chunks.ChunkError as problem:
         return error(400, f"malformed body, nothing appended: {problem}")
-    return await _append(account.policy, request.match_info["tag"], chunk, NO_KEY, request)
+    return await _answer(ingest(service.store, account.policy, request.match_info["tag"], chunk))
 
 
 def _decode_records(body: bytes, content_type: str) -> list[object]:

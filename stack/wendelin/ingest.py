@@ -1,6 +1,7 @@
 """The one path every ingest protocol takes: policy check, stream lookup, durable append."""
 
 import hashlib
+from collections.abc import Callable
 
 from wendelin.chunks import Chunk
 from wendelin.policies import Policy
@@ -11,16 +12,6 @@ class TagRejected(Exception):
     """The policy does not take this tag: a permanent refusal (HTTP 403, forward: no ack)."""
 
 
-_HTTP_KEY_PREFIX = b"http\0"
-
-
-def http_chunk_key(body: bytes) -> bytes:
-    """The dedup key of an HTTP chunk: a byte-identical resend is a retry, not new data."""
-    digest = hashlib.sha256(_HTTP_KEY_PREFIX)
-    digest.update(body)  # not prefix + body: that would copy a whole chunk just to hash it
-    return digest.digest()
-
-
 def forward_chunk_key(chunk_id: bytes) -> bytes:
     """Dedup key of a forward chunk: fluentd resends the same id with the same bytes."""
     return hashlib.sha256(b"forward\0" + chunk_id).digest()
@@ -28,6 +19,12 @@ def forward_chunk_key(chunk_id: bytes) -> bytes:
 
 def stream_for(store: StreamStore, policy: Policy, tag: str, kind: str = ENTRIES) -> Stream:
     """The stream a policy writes ``tag`` to, created on first use."""
+    stream = existing_stream_for(store, policy, tag)
+    return stream or store.open_or_create(tag, policy.name, kind)
+
+
+def existing_stream_for(store: StreamStore, policy: Policy, tag: str) -> Stream | None:
+    """The stream a policy writes ``tag`` to if it exists; TagRejected if it may not."""
     if not policy.accepts(tag):
         raise TagRejected(
             f"policy {policy.name} does not accept tag {tag!r} "
@@ -40,7 +37,7 @@ def stream_for(store: StreamStore, policy: Policy, tag: str, kind: str = ENTRIES
     stream = store.get(tag)
     if stream is not None and stream.policy != policy.name:
         raise TagRejected(f"stream {tag!r} belongs to policy {stream.policy}, not {policy.name}")
-    return stream or store.open_or_create(tag, policy.name, kind)
+    return stream
 
 
 async def ingest(
@@ -48,3 +45,21 @@ async def ingest(
 ) -> bool:
     """Append ``chunk`` durably; True if appended, False if it was a retry already stored."""
     return await stream_for(store, policy, tag).append(chunk, key)
+
+
+async def ingest_http_chunk(
+    store: StreamStore, policy: Policy, tag: str, data: bytes, check: Callable[[bytes], Chunk]
+) -> bool:
+    """Append an HTTP chunk, stored as ``data`` once ``check`` finds entries in it.
+
+    fluentd resends a chunk byte for byte until it is acknowledged, so a chunk whose bytes
+    repeat one stored within the retention window is a retry, and is not appended again.
+    The check runs while the stream writes and flushes the bytes, so it adds nothing to the
+    wait for the acknowledgement. A tag's first chunk is checked before its stream is
+    created: a malformed body never leaves an empty stream behind.
+    """
+    stream = existing_stream_for(store, policy, tag)
+    if stream is None:
+        chunk = check(data)
+        return await stream_for(store, policy, tag).append_by_content(data, lambda _: chunk)
+    return await stream.append_by_content(data, check)

@@ -210,3 +210,90 @@ def test_commits_count_the_fsyncs_that_grouped_chunks(tmp_path) -> None:
     store = StreamStore(str(tmp_path))  # the count is rebuilt from the index
     assert store.get("s").stats.commits == commit_count  # type: ignore[union-attr]
     run(store.close())
+
+
+def entries_of(*numbers: int) -> bytes:
+    return chunk_of(*numbers).data
+
+
+def test_a_chunk_failing_its_check_is_cut_out_of_its_commit(tmp_path) -> None:
+    """Bytes are written while their check runs; a refused chunk's bytes never stay."""
+    bad = b"\xc1" * 100
+
+    async def appends() -> list[object]:
+        store = StreamStore(str(tmp_path))
+        stream = store.open_or_create("s", "p")
+        # Queued together, so they are written and flushed in one commit.
+        pending = [
+            stream.append_by_content(data, chunks.parse_entries)
+            for data in (entries_of(1), bad, entries_of(2))
+        ]
+        results = await asyncio.gather(*pending, return_exceptions=True)
+        await store.close()
+        return results
+
+    first, refused, second = run(appends())
+    assert first is True and second is True
+    assert isinstance(refused, chunks.ChunkError)
+    data_path = tmp_path / "streams" / "s" / "data"
+    assert data_path.read_bytes() == entries_of(1) + entries_of(2)
+    store = StreamStore(str(tmp_path))
+    stream = store.get("s")
+    assert stream is not None and stream.stats.chunks == 2 and stream.stats.entries == 2
+    run(store.close())
+
+
+def test_a_chunk_whose_check_fails_alone_leaves_nothing(tmp_path) -> None:
+    async def appends() -> None:
+        store = StreamStore(str(tmp_path))
+        stream = store.open_or_create("s", "p")
+        await stream.append_by_content(entries_of(1), chunks.parse_entries)
+        with pytest.raises(chunks.ChunkError, match="truncated"):
+            await stream.append_by_content(entries_of(2)[:-1], chunks.parse_entries)
+        assert stream.stats.chunks == 1
+        await store.close()
+
+    run(appends())
+    assert (tmp_path / "streams" / "s" / "data").read_bytes() == entries_of(1)
+
+
+def test_content_retries_are_matched_by_their_bytes(tmp_path, monkeypatch) -> None:
+    from wendelin import streams
+
+    async def appends(*datas: bytes) -> list[bool]:
+        store = StreamStore(str(tmp_path))
+        stream = store.open_or_create("s", "p")
+        pending = [stream.append_by_content(data, chunks.parse_entries) for data in datas]
+        results = await asyncio.gather(*pending)
+        await store.close()
+        return list(results)
+
+    # A resend while the first is in flight, then one after a restart: stored once.
+    assert run(appends(entries_of(1), entries_of(1))) == [True, False]
+    assert run(appends(entries_of(1))) == [False]
+    # Every chunk hashing alike: the bytes still tell them apart, so none is dropped (a
+    # resend is then recognised against the latest chunk of its key only).
+    monkeypatch.setattr(streams, "content_key", lambda data: streams._CONTENT_KEY_TAG + bytes(16))
+    assert run(appends(entries_of(2), entries_of(3))) == [True, True]
+    assert run(appends(entries_of(3), entries_of(4))) == [False, True]
+    store = StreamStore(str(tmp_path))
+    stream = store.get("s")
+    assert stream is not None
+    data, _ = stream.scan_entries()
+    assert [record["n"] for _, record in chunks.iter_entries(data)] == [1, 2, 3, 4]
+    run(store.close())
+
+
+def test_a_resend_of_a_refused_chunk_is_refused_too(tmp_path) -> None:
+    truncated = entries_of(1)[:-1]
+
+    async def appends() -> list[object]:
+        store = StreamStore(str(tmp_path))
+        stream = store.open_or_create("s", "p")
+        pending = [stream.append_by_content(truncated, chunks.parse_entries) for _ in range(2)]
+        results = await asyncio.gather(*pending, return_exceptions=True)
+        await store.close()
+        return results
+
+    assert all(isinstance(result, chunks.ChunkError) for result in run(appends()))
+    assert (tmp_path / "streams" / "s" / "data").read_bytes() == b""
