@@ -21,7 +21,7 @@ import msgpack
 from wendelin import chunks, compression
 from wendelin.ingest import TagRejected, forward_chunk_key, stream_for
 from wendelin.policies import Policy, PolicyRegistry
-from wendelin.streams import NO_KEY, StreamStore, StreamUnavailable
+from wendelin.streams import NO_KEY, StreamKindError, StreamStore, StreamUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -194,12 +194,11 @@ class ForwardServer:
         chunk_id = option.get("chunk") if option else None
         if chunk_id is not None and not isinstance(chunk_id, str | bytes):
             raise ProtocolError("option chunk must be a string")
-        try:
-            stream = stream_for(self.store, connection.policy, tag)
-        except TagRejected as error:
-            raise ProtocolError(str(error)) from None
         key = forward_chunk_key(_as_bytes(chunk_id)) if chunk_id is not None else NO_KEY
-        durable = stream.append(chunk, key)
+        try:
+            durable = stream_for(self.store, connection.policy, tag).append(chunk, key)
+        except (TagRejected, StreamKindError) as error:
+            raise ProtocolError(str(error)) from None
         await slots.acquire()
         task = asyncio.create_task(self._ack(durable, chunk_id, writer, connection, slots))
         in_flight.add(task)

@@ -27,7 +27,7 @@ from wendelin.httputil import (
     unavailable,
 )
 from wendelin.ingest import TagRejected, ingest, ingest_http_chunk
-from wendelin.streams import StreamUnavailable
+from wendelin.streams import StreamKindError, StreamUnavailable
 
 log = logging.getLogger(__name__)
 FORM = "application/x-www-form-urlencoded"
@@ -101,6 +101,8 @@ async def _answer(appending: Awaitable[bool]) -> web.Response:
         return error(400, str(problem))
     except TagRejected as problem:
         return error(403, f"{problem}; nothing appended")
+    except StreamKindError as problem:
+        return error(409, f"{problem}; send entries to another tag, nothing appended")
     except StreamUnavailable as problem:
         return unavailable(problem)
     headers = {} if appended else {"X-Wendelin-Duplicate": "already stored"}

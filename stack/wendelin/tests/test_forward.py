@@ -6,6 +6,7 @@ import time
 
 import msgpack
 import pytest
+import requests
 from fluent import sender
 
 from wendelin import eventtime
@@ -170,6 +171,18 @@ def test_a_bad_message_closes_only_its_connection_and_appends_nothing(deployment
     witness.close()
     assert deployment.stream(tag) is None
     assert deployment.stream("elsewhere.t") is None
+
+
+def test_entries_for_a_raw_byte_stream_close_the_connection(deployment) -> None:
+    upload = requests.put(
+        f"{deployment.url}/api/streams/sensor.fwrecording", data=b"RIFF", auth=deployment.auth()
+    )
+    assert upload.status_code == 201
+    client = connect(deployment)
+    client.send_packed("sensor.fwrecording", entries_blob(1), chunk="x")
+    assert closed_without_ack(client)
+    client.close()
+    assert deployment.stream("sensor.fwrecording")["size"] == 4
 
 
 def test_without_handshake_only_anonymous_policies_take_data(deployment) -> None:

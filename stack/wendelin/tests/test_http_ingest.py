@@ -159,6 +159,18 @@ def test_bad_requests_get_a_clear_error_and_append_nothing(
     assert deployment.stream("elsewhere.t1") is None
 
 
+def test_entries_for_a_raw_byte_stream_are_refused_with_a_conflict(deployment) -> None:
+    upload = requests.put(
+        f"{deployment.url}/api/streams/sensor.recording", data=b"RIFF....", auth=deployment.auth()
+    )
+    assert upload.status_code == 201
+    response = requests.post(
+        ingest_url(deployment, "sensor.recording"), data=GOOD, auth=deployment.auth()
+    )
+    assert response.status_code == 409 and "holds raw bytes" in response.text
+    assert deployment.stream("sensor.recording")["size"] == len(b"RIFF....")
+
+
 def test_only_post_is_accepted_like_wendelin(deployment) -> None:
     response = requests.get(ingest_url(deployment, "sensor.x"), auth=deployment.auth())
     assert response.status_code == 400
