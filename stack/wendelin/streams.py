@@ -256,7 +256,8 @@ class Stream:
         ``key`` identifies a retried chunk (a forward chunk id): a chunk whose key is already
         committed, or being committed, is not appended again.
         """
-        return self._queue(chunk.data, key, chunk=chunk)
+        repeated = self._repeat_of(key, chunk.data)
+        return repeated or self._queue(chunk.data, key, chunk=chunk)
 
     def append_by_content(
         self, data: bytes, check: Callable[[bytes], Chunk]
@@ -310,22 +311,21 @@ class Stream:
         chunk: Chunk | None = None,
         check: concurrent.futures.Future[Chunk] | None = None,
     ) -> asyncio.Future[bool]:
+        """Queue a chunk that is not a retry (the callers ask ``_repeat_of`` first)."""
         if self.kind != ENTRIES:
             raise StreamKindError(f"stream {self.name} holds raw bytes, not entries")
-        repeated = self._repeat_of(key, data)
-        if repeated is not None:
-            return repeated
         if self.closing:
             raise StreamUnavailable("shutting down", retry_after=10)
         if self._pending_bytes + len(data) > self._max_pending_bytes and self._pending:
             raise StreamUnavailable("overloaded: too many bytes waiting for the disk", 2)
-        item = _Pending(data, key, asyncio.get_running_loop().create_future(), chunk, check)
+        loop = asyncio.get_running_loop()
+        item = _Pending(data, key, loop.create_future(), chunk, check)
         self._pending.append(item)
         self._pending_bytes += len(data)
         if key != NO_KEY:
             self._in_flight[key] = item
         if self._committer is None:
-            self._committer = asyncio.get_running_loop().create_task(self._commit_pending())
+            self._committer = loop.create_task(self._commit_pending())
         return item.future
 
     async def _commit_pending(self) -> None:
