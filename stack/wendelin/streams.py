@@ -14,11 +14,12 @@ never served, and cut off when the stream is opened. Because each index record c
 chunk's dedup key, the dedup table is durable exactly when the data is, and is rebuilt from the
 index on open (no separate file can disagree with the data after a crash).
 
-Appends queue up while a commit is on disk and go out together in the next one (group commit).
-An append may still be under check (an HTTP body whose entries are being validated): its
-bytes are written and flushed while the check runs, and indexed only if it passes. A refused
-chunk is never indexed, so it is never visible, and the rest of its commit is written again
-without it.
+An append that finds no commit on disk goes to a disk thread at once; appends that arrive while
+a commit is on disk queue up and go out together in the next one (group commit). An HTTP
+body's entries are checked on the event loop after its commit has started, so the check runs
+while the bytes are written and flushed; they are indexed only if it passes. A refused chunk
+is never indexed, so it is never visible, and the rest of its commit is written again without
+it.
 """
 
 import asyncio
@@ -97,6 +98,17 @@ class _Pending:
     refusal: BaseException | None = None  # what ``check`` raised
 
 
+_Record = tuple[int, int, float, float, float]  # end, entries in total, times: min, max, commit
+
+
+@dataclass(slots=True)
+class _Commit:
+    """Chunks on their way to disk together, and the disk thread's answer to come."""
+
+    batch: list[_Pending]
+    writing: asyncio.Future[tuple[list[_Pending], list[_Record]]]
+
+
 def content_key(data: bytes) -> bytes:
     """The key of a chunk that is a retry exactly when its bytes repeat (an HTTP resend).
 
@@ -132,18 +144,12 @@ def _fsync_directory(path: str) -> None:
 
 
 class Stream:
-    """One data stream. Mutated only from the event loop.
-
-    Disk work runs in ``executor``; the entry checks of chunks being written run in
-    ``checks``, a separate pool because a commit waits for its checks: they must never queue
-    behind commits.
-    """
+    """One data stream. Mutated only from the event loop; disk work runs in ``executor``."""
 
     def __init__(
         self,
         path: str,
         executor: ThreadPoolExecutor,
-        checks: ThreadPoolExecutor,
         dedup_retention: float,
         max_pending_bytes: int,
     ) -> None:
@@ -154,7 +160,6 @@ class Stream:
         self.kind: str = meta["kind"]
         self.policy: str = meta.get("policy", "")
         self._executor = executor
-        self._checks = checks
         self._dedup_retention = dedup_retention
         self._max_pending_bytes = max_pending_bytes
         self._data_fd = os.open(os.path.join(path, "data"), os.O_RDWR | os.O_CREAT, 0o640)
@@ -172,6 +177,8 @@ class Stream:
         self._pending: list[_Pending] = []
         self._pending_bytes = 0
         self._committer: asyncio.Task[None] | None = None
+        # Serialises raw uploads. Entry commits never meet them (a stream has one kind), and
+        # are serialised by running one at a time in ``_commit_pending``.
         self._write_lock = asyncio.Lock()
         self.closing = False
         self.stats = StreamStats()
@@ -265,20 +272,26 @@ class Stream:
         """Like ``append``, for a chunk that is a retry exactly when its bytes are the same
         (an HTTP resend), and that ``check(data)`` has yet to find valid entries in.
 
-        The check runs in a worker thread while the bytes are written and flushed, instead of
-        before: on one connection, that takes it off the time to the acknowledgement. If it
-        raises, nothing is appended and the future raises its error.
+        The chunk is queued first, which puts it on its way to disk at once when no commit is
+        on disk, and checked after, here on the event loop (as forward messages are): the
+        check runs while a disk thread writes and flushes the bytes, so on one connection it
+        adds nothing to the wait for the acknowledgement, and needs no thread of its own. If
+        it raises, nothing is appended and the future raises its error.
         """
-        key = content_key(data)  # before the check starts: threads starting at once are slow
+        key = content_key(data)
         repeated = self._repeat_of(key, data)
         if repeated is not None:
             return repeated
-        checking = self._checks.submit(check, data)
+        checking: concurrent.futures.Future[Chunk] = concurrent.futures.Future()
+        appended = self._queue(data, key, check=checking)
         try:
-            return self._queue(data, key, check=checking)
+            checking.set_result(check(data))
+        except Exception as refusal:  # answered by the commit, which never indexes the chunk
+            checking.set_exception(refusal)
         except BaseException:
-            checking.cancel()
+            checking.set_exception(StreamUnavailable("shutting down", retry_after=10))
             raise
+        return appended
 
     def _repeat_of(self, key: bytes, data: bytes) -> asyncio.Future[bool] | None:
         """For a retry of a committed or in-flight chunk, the future of its answer.
@@ -325,44 +338,57 @@ class Stream:
         if key != NO_KEY:
             self._in_flight[key] = item
         if self._committer is None:
-            self._committer = loop.create_task(self._commit_pending())
+            self._committer = loop.create_task(self._commit_pending(self._start_commit()))
         return item.future
 
-    async def _commit_pending(self) -> None:
+    def _start_commit(self) -> _Commit:
+        """Hand the queued chunks to a disk thread now.
+
+        Not from a task, which would only start at the next turn of the event loop: the disk
+        starts on them while this turn goes on (checking their entries, reading the next
+        body). On one connection, that saves a turn of the loop and a thread wake-up on the
+        way to each acknowledgement (0.5 ms per 1 MiB chunk here).
+        """
+        batch, self._pending = self._pending, []
+        self._pending_bytes -= sum(len(item.data) for item in batch)
+        writing = self._executor.submit(self._write_batch, batch)
+        return _Commit(batch, asyncio.wrap_future(writing))
+
+    async def _commit_pending(self, commit: _Commit | None) -> None:
+        """Settle ``commit``, then commit what queued meanwhile, until nothing is queued."""
         try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                self._pending_bytes -= sum(len(item.data) for item in batch)
-                async with self._write_lock:
-                    try:
-                        kept, records = await self._commit(batch)
-                    except Exception as error:
-                        self._fail(batch, error)
-                        continue
-                for item, record in zip(kept, records, strict=True):
-                    self._remember(*record)
-                    if item.key != NO_KEY:
-                        self._dedup[item.key] = (record[4], len(self._ends) - 1)
-                        if self._in_flight.get(item.key) is item:
-                            del self._in_flight[item.key]
-                    if not item.future.done():
-                        item.future.set_result(True)
+            while commit is not None:
+                try:
+                    kept, records = await commit.writing
+                except Exception as error:
+                    self._fail(commit.batch, error)
+                else:
+                    self._settle(commit.batch, kept, records)
+                commit = self._start_commit() if self._pending else None
         finally:
             self._committer = None
 
-    async def _commit(
-        self, batch: list[_Pending]
-    ) -> tuple[list[_Pending], list[tuple[int, int, float, float, float]]]:
-        """Make ``batch`` durable in one trip to a disk thread: the chunks kept, their records."""
-        loop = asyncio.get_running_loop()
-        kept, records = await loop.run_in_executor(self._executor, self._write_batch, batch)
+    def _settle(
+        self,
+        batch: list[_Pending],
+        kept: list[_Pending],
+        records: list[_Record],
+    ) -> None:
+        """Make a written commit visible, and answer its chunks: appended, or refused."""
         for item in batch:
             if item.refusal is not None:
                 if self._in_flight.get(item.key) is item:
                     del self._in_flight[item.key]
                 if not item.future.done():
                     item.future.set_exception(item.refusal)
-        return kept, records
+        for item, record in zip(kept, records, strict=True):
+            self._remember(*record)
+            if item.key != NO_KEY:
+                self._dedup[item.key] = (record[4], len(self._ends) - 1)
+                if self._in_flight.get(item.key) is item:
+                    del self._in_flight[item.key]
+            if not item.future.done():
+                item.future.set_result(True)
 
     def _fail(self, batch: list[_Pending], error: Exception) -> None:
         if isinstance(error, OSError) and error.errno in _TRANSIENT_ERRNOS:
@@ -379,7 +405,7 @@ class Stream:
 
     def _write_batch(
         self, batch: list[_Pending], raw_length: int = 0
-    ) -> tuple[list[_Pending], list[tuple[int, int, float, float, float]]]:
+    ) -> tuple[list[_Pending], list[_Record]]:
         """Write, fsync, index, fsync. Runs in a worker thread; rolls back on any failure.
 
         Chunks still under check are written and flushed while the check runs, and indexed
@@ -411,9 +437,7 @@ class Stream:
                 os.ftruncate(self._data_fd, self.stats.size)
             raise
 
-    def _write_index(
-        self, items: list[_Pending], start: int
-    ) -> list[tuple[int, int, float, float, float]]:
+    def _write_index(self, items: list[_Pending], start: int) -> list[_Record]:
         """Index ``items``, whose bytes are durable from ``start`` on: the commit point."""
         index_start = self._index_size
         now = time.time()
@@ -593,8 +617,6 @@ def _passes_check(item: _Pending) -> bool:
             item.chunk = item.check.result()
         except Exception as error:  # the sender's ChunkError, answered from the event loop
             item.refusal = error
-        except BaseException:  # cancelled: only a shutdown does that
-            item.refusal = StreamUnavailable("shutting down", retry_after=10)
     return item.chunk is not None
 
 
@@ -634,7 +656,6 @@ class StreamStore:
         self.directory = os.path.join(root, "streams")
         os.makedirs(self.directory, exist_ok=True)
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="stream-commit")
-        self._checks = ThreadPoolExecutor(max_workers=2, thread_name_prefix="entry-check")
         self._dedup_retention = dedup_retention
         self._max_pending_bytes = max_pending_bytes
         self._streams: dict[str, Stream] = {}
@@ -646,7 +667,6 @@ class StreamStore:
         return Stream(
             os.path.join(self.directory, name),
             self._executor,
-            self._checks,
             self._dedup_retention,
             self._max_pending_bytes,
         )
@@ -686,4 +706,3 @@ class StreamStore:
             await stream.drain()
             stream.close()
         self._executor.shutdown(wait=True)
-        self._checks.shutdown(wait=True)

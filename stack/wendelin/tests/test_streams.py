@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import time
 
 import msgpack
 import pytest
@@ -127,10 +128,11 @@ def test_too_much_queued_data_is_refused_as_transient(tmp_path) -> None:
     async def flood() -> None:
         store = StreamStore(str(tmp_path), max_pending_bytes=100)
         stream = store.open_or_create("s", "p")
-        first = stream.append(chunk_of(*range(20)))  # queued, larger than the bound alone
+        on_disk = stream.append(chunk_of(*range(20)))  # no commit under way: to disk at once
+        queued = stream.append(chunk_of(*range(20, 40)))  # waits, larger than the bound alone
         with pytest.raises(StreamUnavailable, match="overloaded"):
-            stream.append(chunk_of(*range(20)))
-        assert await first is True
+            stream.append(chunk_of(*range(40, 60)))
+        assert await on_disk is True and await queued is True
         await store.close()
 
     run(flood())
@@ -199,7 +201,7 @@ def test_commits_count_the_fsyncs_that_grouped_chunks(tmp_path) -> None:
         store = StreamStore(str(tmp_path))
         stream = store.open_or_create("s", "p")
         await stream.append(chunk_of(0))  # alone: one commit
-        # Queued while nothing else is on disk yet: they go out together.
+        # The first goes to disk at once, alone; the others queue behind it and go together.
         await asyncio.gather(*(stream.append(chunk_of(n)) for n in range(1, 9)))
         counts = stream.stats.chunks, stream.stats.commits
         await store.close()
@@ -223,7 +225,8 @@ def test_a_chunk_failing_its_check_is_cut_out_of_its_commit(tmp_path) -> None:
     async def appends() -> list[object]:
         store = StreamStore(str(tmp_path))
         stream = store.open_or_create("s", "p")
-        # Queued together, so they are written and flushed in one commit.
+        # The first goes to disk at once; the other two queue behind it and share the next
+        # commit, so the refused one is written and flushed beside a good one.
         pending = [
             stream.append_by_content(data, chunks.parse_entries)
             for data in (entries_of(1), bad, entries_of(2))
@@ -241,6 +244,30 @@ def test_a_chunk_failing_its_check_is_cut_out_of_its_commit(tmp_path) -> None:
     stream = store.get("s")
     assert stream is not None and stream.stats.chunks == 2 and stream.stats.entries == 2
     run(store.close())
+
+
+def test_a_chunk_goes_to_disk_before_its_check_ends(tmp_path) -> None:
+    """With no commit under way, the disk thread starts on a chunk at once, and the check
+    (on the event loop) runs meanwhile instead of delaying the acknowledgement."""
+    data = entries_of(1)
+    data_path = tmp_path / "streams" / "s" / "data"
+
+    def check_once_written(body: bytes) -> chunks.Chunk:
+        deadline = time.monotonic() + 10
+        while os.path.getsize(data_path) < len(body):
+            assert time.monotonic() < deadline, "nothing was written while the check ran"
+            time.sleep(0.001)
+        return chunks.parse_entries(body)
+
+    async def append() -> bool:
+        store = StreamStore(str(tmp_path))
+        stream = store.open_or_create("s", "p")
+        appended = await stream.append_by_content(data, check_once_written)
+        await store.close()
+        return appended
+
+    assert run(append()) is True
+    assert data_path.read_bytes() == data
 
 
 def test_a_chunk_whose_check_fails_alone_leaves_nothing(tmp_path) -> None:
