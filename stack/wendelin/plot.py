@@ -2,6 +2,7 @@
 
 import html
 import math
+import time
 
 WIDTH, HEIGHT, MARGIN = 900, 220, 44
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e")
@@ -55,5 +56,25 @@ def svg(series: dict[str, list[tuple[float, float]]]) -> str:
     )
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
-        f'role="img" aria-label="recent values">{frame}{"".join(lines)}{"".join(legend)}</svg>'
+        f'role="img" aria-label="recent values">{frame}{"".join(lines)}{"".join(legend)}'
+        f"{time_axis(first, last)}</svg>"
     )
+
+
+def time_axis(first: float, last: float) -> str:
+    """Times under the frame's left end, middle and right end, in UTC.
+
+    Clock times for a span under a day, dates with the hour and minute beyond, so that each
+    label reads alone.
+    """
+    layout = "%H:%M:%S" if last - first < 86400 else "%Y-%m-%d %H:%M"
+    y = HEIGHT - MARGIN + 18
+    ticks = []
+    for fraction, anchor in ((0.0, "start"), (0.5, "middle"), (1.0, "end")):
+        label = time.strftime(layout, time.gmtime(first + fraction * (last - first)))
+        x = MARGIN + fraction * (WIDTH - 2 * MARGIN)
+        ticks.append(
+            f'<text x="{x:.1f}" y="{y}" text-anchor="{anchor}" fill="#555" font-size="12">'
+            f"{label}{' UTC' if anchor == 'end' else ''}</text>"
+        )
+    return "".join(ticks)
