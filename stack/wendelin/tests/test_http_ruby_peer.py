@@ -32,14 +32,22 @@ def ruby() -> str:
     return ruby
 
 
-def post_chunks(ruby: str, tmp_path: Path, **settings: object) -> tuple[int, list[dict], bytes]:
-    """Run the Ruby sender: its exit status, one answer per request, and the bytes it sent."""
+def post_chunks(
+    ruby: str, tmp_path: Path, deployment, tag: str, password: str | None = None, **settings: object
+) -> tuple[int, list[dict], bytes]:
+    """Run the Ruby sender to ``tag`` with the turbines policy's user (and its password unless
+    another is given): its exit status, one answer per request, and the bytes it sent."""
+    user, right_password = deployment.auth()
     sent = tmp_path / "sent.bin"
+    settings = {
+        **settings,
+        "url": ingest_url(deployment, tag),
+        "user": user,
+        "password": password or right_password,
+        "sent": str(sent),
+    }
     done = subprocess.run(
-        [ruby, str(SENDER), json.dumps({**settings, "sent": str(sent)})],
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [ruby, str(SENDER), json.dumps(settings)], capture_output=True, text=True, timeout=120
     )
     answers = [json.loads(line) for line in done.stdout.splitlines()]
     return done.returncode, answers, sent.read_bytes()
@@ -61,16 +69,8 @@ def stored_bytes(deployment, tag: str) -> bytes:
 
 
 def test_chunks_and_their_resends_are_stored_once_byte_for_byte(deployment, ruby, tmp_path):
-    user, password = deployment.auth()
     status, answers, sent = post_chunks(
-        ruby,
-        tmp_path,
-        url=ingest_url(deployment, "sensor.ruby"),
-        user=user,
-        password=password,
-        chunks=20,
-        records=200,
-        resend=True,
+        ruby, tmp_path, deployment, "sensor.ruby", chunks=20, records=200, resend=True
     )
     assert status == 0, answers
     # Each chunk twice, as after a lost answer: the first stored, the second recognised.
@@ -94,16 +94,8 @@ def test_chunks_and_their_resends_are_stored_once_byte_for_byte(deployment, ruby
 
 
 def test_the_older_plugins_form_body_is_stored_the_same(deployment, ruby, tmp_path):
-    user, password = deployment.auth()
     status, answers, sent = post_chunks(
-        ruby,
-        tmp_path,
-        url=ingest_url(deployment, "sensor.rubyform"),
-        user=user,
-        password=password,
-        chunks=3,
-        records=50,
-        form=True,
+        ruby, tmp_path, deployment, "sensor.rubyform", chunks=3, records=50, form=True
     )
     assert status == 0 and [answer["status"] for answer in answers] == [204] * 3, answers
     assert stored_bytes(deployment, "sensor.rubyform") == sent
@@ -119,15 +111,8 @@ def test_the_older_plugins_form_body_is_stored_the_same(deployment, ruby, tmp_pa
 def test_refusals_reach_the_ruby_client_as_errors(
     deployment, ruby, tmp_path, tag: str, password: str | None, status: int, message: str
 ):
-    user, right_password = deployment.auth()
     code, answers, _ = post_chunks(
-        ruby,
-        tmp_path,
-        url=ingest_url(deployment, tag),
-        user=user,
-        password=password or right_password,
-        chunks=2,
-        records=5,
+        ruby, tmp_path, deployment, tag, password=password, chunks=2, records=5
     )
     # Never a 2xx, so fluentd keeps (and reports) the chunk instead of dropping it silently.
     assert code == 1 and len(answers) == 1, answers
