@@ -28,8 +28,8 @@ from pathlib import Path
 
 import aiohttp
 
-from shacache.testing import free_port, start_cache_server
-from shacache.units import parse_size
+from kiln.shacache.units import parse_size
+from kiln.testing.cache import free_port, start_cache_server
 
 NGINX_CONF = """
 daemon off;

@@ -39,9 +39,9 @@ from statistics import median
 import msgpack
 import requests
 
-from wendelin import eventtime
-from wendelin.forward_client import ForwardClient, pack_packed_forward
-from wendelin.testing import ServerProcess, add_policy, free_port
+from kiln.testing.forward_client import ForwardClient, pack_packed_forward
+from kiln.testing.wendelin import ServerProcess, add_policy, free_port
+from kiln.wendelin import eventtime
 
 RECORDS_PER_CHUNK = 10_000
 WINDOW = 4  # chunks in flight per connection, like fluentd's flush threads

@@ -20,9 +20,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from releases.build import BuildResult, build_release
-from releases.seed import seed_debian_package
-from releases.testing import DEBIAN_SOURCES, snapshot_repository, start_test_cache
+from kiln.software.build import BuildResult, build_release
+from kiln.software.seed import seed_debian_package
+from kiln.testing.releases import DEBIAN_SOURCES, snapshot_repository, start_test_cache
 
 
 def row(name: str, result: BuildResult) -> str:

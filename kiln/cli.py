@@ -14,10 +14,10 @@ import click
 # name -> "module:attribute" of a click group.  Imported lazily so that `kiln cache ...`
 # does not pay for importing the data platform, and a broken group does not break the others.
 GROUPS: dict[str, str] = {
-    "cache": "shacache.cli:cache",
-    "wendelin": "wendelin.cli:wendelin",
-    "software": "releases.cli:software",
-    "instance": "releases.cli:instance",
+    "cache": "kiln.shacache.cli:cache",
+    "wendelin": "kiln.wendelin.cli:wendelin",
+    "software": "kiln.software.cli:software",
+    "instance": "kiln.software.cli:instance",
 }
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from releases.build import BuildResult
-from releases.seed import seed_debian_package
-from releases.testing import (
+from kiln.software.build import BuildResult
+from kiln.software.seed import seed_debian_package
+from kiln.testing.releases import (
     DEBIAN_SOURCES,
     CacheFixture,
     build_snapshot_release,

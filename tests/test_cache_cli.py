@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shacache.testing import RunningCache, start_cache_server
+from kiln.testing.cache import RunningCache, start_cache_server
 
 pytestmark = pytest.mark.integration
 

@@ -19,15 +19,15 @@ from pathlib import Path
 import pytest
 from slapos.libnetworkcache import NetworkcacheClient
 
-from shacache.client import CacheClient
-from shacache.keys import (
+from kiln.shacache.client import CacheClient
+from kiln.shacache.keys import (
     TrustList,
     generate_ed25519_key,
     generate_legacy_rsa_key,
     rsa_private_pem,
 )
-from shacache.testing import RunningCache, start_cache_server
-from shacache.tests.cutting_proxy import CuttingProxy
+from kiln.shacache.tests.cutting_proxy import CuttingProxy
+from kiln.testing.cache import RunningCache, start_cache_server
 
 pytestmark = pytest.mark.integration
 

@@ -14,9 +14,9 @@ import msgpack
 import pytest
 import requests
 
-from wendelin import eventtime
-from wendelin.forward_client import ForwardClient
-from wendelin.testing import ServerProcess, add_policy, cli
+from kiln.testing.forward_client import ForwardClient
+from kiln.testing.wendelin import ServerProcess, add_policy, cli
+from kiln.wendelin import eventtime
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from releases.build import BuildError, BuildResult, build_release
-from releases.instance import InstanceError, instantiate
-from releases.testing import (
+from kiln.software.build import BuildError, BuildResult, build_release
+from kiln.software.instance import InstanceError, instantiate
+from kiln.testing.releases import (
     CacheFixture,
     build_snapshot_release,
     free_ports,

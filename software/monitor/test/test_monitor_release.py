@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from releases.build import BuildResult
-from releases.testing import (
+from kiln.software.build import BuildResult
+from kiln.testing.releases import (
     CacheFixture,
     assert_software_links_sanely,
     build_snapshot_release,

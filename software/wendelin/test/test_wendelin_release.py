@@ -11,9 +11,9 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from releases.build import BuildResult, build_release
-from releases.instance import Instance, instantiate
-from releases.testing import (
+from kiln.software.build import BuildResult, build_release
+from kiln.software.instance import Instance, instantiate
+from kiln.testing.releases import (
     CacheFixture,
     assert_software_links_sanely,
     build_snapshot_release,

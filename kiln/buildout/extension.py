@@ -1,0 +1,301 @@
+"""zc.buildout extension: a per-part binary cache through ShaCache/ShaDir, and cached sources.
+
+Enable it in a profile with::
+
+    [buildout]
+    extensions = kiln
+
+    [networkcache]
+    download-cache-url = http://127.0.0.1:8080/shacache
+    download-dir-url = http://127.0.0.1:8080/shadir
+    trusted-keys = builder:BASE64...
+    # only on builders that publish:
+    upload-cache-url = http://user:password@127.0.0.1:8080/shacache
+    upload-dir-url = http://user:password@127.0.0.1:8080/shadir
+    signing-key-file = /path/to/builder.key
+
+For every part buildout installs, the extension computes the part's signature
+(:mod:`kiln.buildout.part_signature`) and looks up ShaDir key ``kiln-part:<signature>``:
+
+- a trusted entry for this platform whose blob verifies: the part is unpacked (hit);
+- otherwise the recipe builds it (miss), then, with an upload key, the part is packed,
+  uploaded and signed (uploaded).
+
+Untrusted or corrupt entries are reported and never used.  Every decision is logged, and
+the per-part outcome is written to ``.kiln-binary-cache.json`` in the buildout directory.
+
+Source downloads go through the cache too (:mod:`kiln.buildout.source_download`).
+
+Buildout offers no hook around one part's install, so the extension wraps two things for
+the length of the run, and ``unload`` restores them: ``Buildout._compute_part_signatures``
+on this buildout object (called once every recipe is initialised and every option is
+final: the moment to sign the parts and wrap each recipe's ``install``), and
+``zc.buildout.download.Download.download`` (every recipe's downloads go through it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zc.buildout
+import zc.buildout.download
+
+from kiln.buildout.part_archive import ARCHIVE_FORMAT, ArchiveError, pack_part, unpack_part
+from kiln.buildout.part_signature import PathNormaliser, SignatureCalculator, platform_tuple
+from kiln.buildout.source_download import SourceCache
+from kiln.shacache.client import CacheClient, CacheError
+
+log = logging.getLogger("kiln.binary-cache")
+
+EXTENSION_NAME = "kiln"
+KEY_PREFIX = "kiln-part:"
+REPORT_FILE = ".kiln-binary-cache.json"
+_CLIENT_OPTIONS = ("download-cache-url", "download-dir-url", "upload-cache-url", "upload-dir-url")
+
+
+@dataclass
+class PartReport:
+    part: str
+    signature: str
+    outcome: str = "unchanged"  # hit | built | uploaded | unchanged
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def _truthy(value: str | None, default: bool) -> bool:
+    if value is None or not value.strip():
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def make_client(buildout: Any) -> CacheClient | None:
+    """A CacheClient from the `[networkcache]` section, or None when no cache is set."""
+    if "networkcache" not in buildout._raw:
+        return None
+    section = buildout["networkcache"]
+    options = {key: section[key] for key in section}
+    if not any(options.get(name, "").strip() for name in _CLIENT_OPTIONS):
+        return None
+    return CacheClient.from_options(options)
+
+
+class BinaryCache:
+    def __init__(self, buildout: Any, client: CacheClient | None) -> None:
+        self.buildout = buildout
+        self.client = client
+        self.reports: dict[str, PartReport] = {}
+        self.source_events: list[str] = []
+        settings = buildout["networkcache"] if "networkcache" in buildout._raw else {}
+        self.enabled = _truthy(settings.get("kiln-binary-cache"), True)
+        self.source_root = settings.get("kiln-source-root", "").strip()
+        self.directory = Path(buildout["buildout"]["directory"])
+        self.calculator: SignatureCalculator | None = None
+
+    # -- signatures ---------------------------------------------------------------------
+
+    def _normaliser(self) -> PathNormaliser:
+        section = self.buildout["buildout"]
+        paths = {str(self.directory): "@BUILDOUT@", sys.executable: "@BUILDOUT-PYTHON@"}
+        for option in ("parts-directory", "eggs-directory", "develop-eggs-directory"):
+            paths[section[option]] = f"@{option.upper()}@"
+        paths[section["bin-directory"]] = "@BIN-DIRECTORY@"
+        if self.source_root:
+            paths[self.source_root] = "@SOURCE@"
+        return PathNormaliser(paths)
+
+    def attach(self, parts: list[str]) -> None:
+        """Sign every part about to be installed and route its install through the cache."""
+        # Raw sections (not buildout[name], which would initialise unused recipes).
+        raw = {name: dict(options) for name, options in self.buildout._raw.items()}
+        cooked = _LazySections(self.buildout)
+        with_recipe = [name for name, options in raw.items() if "recipe" in options]
+        roots = [Path(self.source_root)] if self.source_root else []
+        self.calculator = SignatureCalculator(
+            raw, cooked, with_recipe, self._normaliser(), roots, platform_tuple()
+        )
+        for part in parts:
+            signature = self.calculator.signature(part)
+            self.reports[part] = PartReport(part, signature)
+            recipe = self.buildout[part].recipe
+            recipe.install = self._cached_install(part, recipe.install)
+
+    # -- per part -------------------------------------------------------------------------
+
+    def _note(self, report: PartReport, message: str, *args: object) -> None:
+        text = message % args
+        report.notes.append(text)
+        log.info("%s: %s", report.part, text)
+
+    def _cached_install(self, part: str, install: Callable[[], Any]) -> Callable[[], Any]:
+        def cached_install() -> Any:
+            report = self.reports[part]
+            started = time.monotonic()
+            restored = self._restore(report) if self.enabled else None
+            if restored is not None:
+                report.outcome = "hit"
+                report.seconds = time.monotonic() - started
+                self._note(report, "hit, restored from the cache in %.1f s", report.seconds)
+                return restored
+            installed = install()
+            report.outcome = "built"
+            report.seconds = time.monotonic() - started
+            self._note(report, "built in %.1f s", report.seconds)
+            if self.enabled:
+                self._publish(report, installed)
+            return installed
+
+        return cached_install
+
+    def _restore(self, report: PartReport) -> list[str] | None:
+        key = KEY_PREFIX + report.signature
+        if self.client is None or not self.client.can_download:
+            self._note(report, "miss (no download cache configured)")
+            return None
+        try:
+            for entry in self.client.lookup(key):
+                if not entry.trusted:
+                    self._note(report, "refused untrusted entry: %s", entry.reason)
+            entries = self.client.select(key, platform_tuple())
+        except CacheError as error:
+            self._note(report, "miss (cache unreachable: %s)", error)
+            return None
+        if not entries:
+            self._note(report, "miss (no trusted entry for %s)", key)
+            return None
+        for entry in entries:
+            with tempfile.TemporaryDirectory(prefix="kiln-part-") as tmp:
+                archive = Path(tmp) / f"part.{ARCHIVE_FORMAT}"
+                try:
+                    self.client.download(entry["sha512"], archive)
+                    return unpack_part(
+                        archive,
+                        entry["paths"],
+                        self.directory,
+                        entry["buildout-directory"],
+                        bool(entry.get("relocatable", False)),
+                    )
+                except (CacheError, ArchiveError, KeyError, OSError) as error:
+                    self._note(
+                        report, "refused entry %s…: %s", entry.get("sha512", "?")[:16], error
+                    )
+        self._note(report, "miss (no usable entry); building")
+        return None
+
+    def _publish(self, report: PartReport, installed: Any) -> None:
+        if self.client is None or not self.client.can_upload:
+            return
+        paths = [installed] if isinstance(installed, str) else list(installed or ())
+        with tempfile.TemporaryDirectory(prefix="kiln-pack-") as tmp:
+            try:
+                packed = pack_part(paths, self.directory, Path(tmp))
+            except ArchiveError as error:
+                self._note(report, "not uploaded: %s", error)
+                return
+            if not packed.relocatable:
+                self._note(
+                    report,
+                    "binary files embed the build directory (%s): the cached part only "
+                    "serves builds in %s",
+                    ", ".join(packed.binary_files_with_path[:3]),
+                    self.directory,
+                )
+            metadata = {
+                "part": report.part,
+                "signature": report.signature,
+                "paths": packed.paths,
+                "buildout-directory": str(self.directory.resolve()),
+                "relocatable": packed.relocatable,
+                "format": ARCHIVE_FORMAT,
+                **platform_tuple(),
+            }
+            try:
+                sha512 = self.client.upload(packed.archive, KEY_PREFIX + report.signature, metadata)
+            except CacheError as error:
+                self._note(report, "upload failed: %s", error)
+                return
+            size = packed.archive.stat().st_size
+        report.outcome = "uploaded"
+        self._note(report, "uploaded %.1f MB (sha512 %s…)", size / 1e6, sha512[:16])
+
+    # -- end of run -----------------------------------------------------------------------
+
+    def write_report(self) -> None:
+        counts: dict[str, int] = {}
+        for report in self.reports.values():
+            counts[report.outcome] = counts.get(report.outcome, 0) + 1
+        summary = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
+        log.info("binary cache summary: %s", summary or "no parts")
+        inputs = self.calculator.inputs if self.calculator else {}
+        document = {
+            "parts": {name: asdict(report) for name, report in self.reports.items()},
+            # What each signature covers, to explain an unexpected miss.
+            "inputs": {name: asdict(value) for name, value in inputs.items()},
+            "sources": self.source_events,
+            "platform": platform_tuple(),
+        }
+        path = self.directory / REPORT_FILE
+        path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+class _LazySections:
+    """Section name -> substituted options, read only when a signature needs them."""
+
+    def __init__(self, buildout: Any) -> None:
+        self._buildout = buildout
+
+    def __getitem__(self, name: str) -> dict[str, str]:
+        section = self._buildout[name]
+        return {key: section[key] for key in section}
+
+
+_ACTIVE: dict[int, tuple[BinaryCache, Any]] = {}
+
+
+def _listed(buildout: Any) -> bool:
+    return EXTENSION_NAME in buildout["buildout"].get("extensions", "").split()
+
+
+def load(buildout: Any) -> None:
+    """Entry point `zc.buildout.extension`: called once extensions are installed."""
+    # buildout calls every installed `zc.buildout.extension` entry point as soon as any
+    # extension is listed; act only when this one is.
+    if not _listed(buildout):
+        return
+    try:
+        client = make_client(buildout)
+    except Exception as error:  # a bad [networkcache] must name itself
+        raise zc.buildout.UserError(f"[networkcache] is not usable: {error}") from error
+    cache = BinaryCache(buildout, client)
+    original_download = zc.buildout.download.Download.download
+    sources = SourceCache(client, cache.source_events)
+    zc.buildout.download.Download.download = sources.wrap(original_download)
+    _ACTIVE[id(buildout)] = (cache, original_download)
+
+    compute = buildout._compute_part_signatures
+
+    def compute_and_attach(parts: list[str]) -> None:
+        compute(parts)
+        cache.attach(list(parts))
+
+    buildout._compute_part_signatures = compute_and_attach
+    where = "no cache configured" if client is None else "cache configured"
+    log.info("binary cache extension loaded (%s, pid %d)", where, os.getpid())
+
+
+def unload(buildout: Any) -> None:
+    """Entry point `zc.buildout.unloadextension`: report, and restore what load wrapped."""
+    active = _ACTIVE.pop(id(buildout), None)
+    if active is None:
+        return
+    cache, original_download = active
+    zc.buildout.download.Download.download = original_download
+    cache.write_report()

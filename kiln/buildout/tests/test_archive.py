@@ -1,0 +1,85 @@
+"""Packing a part and unpacking it elsewhere: relocation and refusals."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from kiln.buildout.part_archive import ArchiveError, pack_part, unpack_part
+
+pytestmark = pytest.mark.unit
+
+
+def make_part(root: Path) -> Path:
+    part = root / "parts" / "tool"
+    (part / "bin").mkdir(parents=True)
+    script = part / "bin" / "tool"
+    script.write_text(f"#!{part}/bin/python\nprint('hi')\n")
+    script.chmod(0o755)
+    (part / "lib").mkdir()
+    (part / "lib" / "data.bin").write_bytes(b"\x00\x01binary without paths")
+    (part / "bin" / "python").symlink_to("/usr/bin/python3")
+    (part / "lib" / "self").symlink_to(f"{part}/bin/tool")
+    pycache = part / "lib" / "__pycache__"
+    pycache.mkdir()
+    (pycache / "x.cpython-311.pyc").write_bytes(f"\x00{part}".encode())
+    return part
+
+
+def test_pack_then_unpack_elsewhere_relocates_text_and_links(tmp_path: Path) -> None:
+    built = tmp_path / "a"
+    part = make_part(built)
+    packed = pack_part([str(part)], built, tmp_path)
+    assert packed.relocatable and packed.paths == ["parts/tool"]
+
+    other = tmp_path / "b"
+    other.mkdir()
+    installed = unpack_part(packed.archive, packed.paths, other, str(built.resolve()), True)
+    moved = other / "parts" / "tool"
+    assert installed == [str(moved)]
+    assert (moved / "bin" / "tool").read_text().startswith(f"#!{moved}/bin/python")
+    assert os.access(moved / "bin" / "tool", os.X_OK)
+    assert os.readlink(moved / "lib" / "self") == f"{moved}/bin/tool"
+    assert os.readlink(moved / "bin" / "python") == "/usr/bin/python3"
+    assert not (moved / "lib" / "__pycache__").exists()  # byte code embeds paths; not packed
+
+
+def test_binary_embedding_the_build_directory_is_not_relocatable(tmp_path: Path) -> None:
+    built = tmp_path / "a"
+    part = make_part(built)
+    (part / "lib" / "libx.so").write_bytes(b"\x7fELF\x00" + str(built.resolve()).encode())
+    packed = pack_part([str(part)], built, tmp_path)
+    assert not packed.relocatable
+    assert packed.binary_files_with_path == ["parts/tool/lib/libx.so"]
+    other = tmp_path / "b"
+    other.mkdir()
+    with pytest.raises(ArchiveError, match="cannot be moved"):
+        unpack_part(packed.archive, packed.paths, other, str(built.resolve()), False)
+    # The same directory is fine.
+    unpack_part(packed.archive, packed.paths, built, str(built.resolve()), False)
+
+
+def test_installed_paths_outside_the_buildout_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ArchiveError, match="outside"):
+        pack_part(["/etc/hostname"], tmp_path, tmp_path)
+
+
+def test_archive_with_path_traversal_is_refused(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        data = b"evil"
+        info = tarfile.TarInfo("../../escape.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    archive = tmp_path / "evil.tar.zst"
+    archive.write_bytes(zstandard.ZstdCompressor().compress(buffer.getvalue()))
+    target = tmp_path / "sw"
+    target.mkdir()
+    with pytest.raises(ArchiveError, match="unsafe"):
+        unpack_part(archive, [], target, str(target), True)
+    assert not (tmp_path / "escape.txt").exists()

@@ -1,0 +1,473 @@
+"""`kiln cache`: run, administer and use a ShaCache + ShaDir binary cache."""
+
+from __future__ import annotations
+
+import asyncio
+import configparser
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import click
+
+from kiln.common.addresses import CACHE_PORT, parse_host_port
+from kiln.common.cli import fail, parse_pairs
+from kiln.shacache.client import CacheClient, CacheError, redact
+from kiln.shacache.entries import InvalidEntry, is_sha512
+from kiln.shacache.gc import collect
+from kiln.shacache.keys import (
+    KeyError_,
+    TrustList,
+    generate_ed25519_key,
+    generate_legacy_rsa_key,
+    load_signing_key,
+    rsa_private_pem,
+    write_secret_file,
+)
+from kiln.shacache.server import DEFAULT_MAX_BLOB, ServerConfig, serve
+from kiln.shacache.units import human_size, parse_duration, parse_size
+from kiln.shacache.users import CertificateAuthority, UserDatabase, UserError
+
+DEFAULT_ROOT = "var/shacache"
+DEFAULT_LISTEN = f"127.0.0.1:{CACHE_PORT}"
+DEFAULT_URL = f"http://{DEFAULT_LISTEN}"
+FIRST_USER = "uploader"
+
+root_option = click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=lambda: os.environ.get("KILN_CACHE_ROOT", DEFAULT_ROOT),
+    show_default=f"$KILN_CACHE_ROOT or {DEFAULT_ROOT}",
+    help="Directory holding the blobs, entries, users and certificate authority.",
+)
+
+
+@click.group()
+def cache() -> None:
+    """The signed binary cache: ShaCache (blobs by sha512) and ShaDir (signed entries).
+
+    \b
+    Start a cache and use it:
+      kiln cache serve                        # prints its URL and an upload credential
+      kiln cache keygen alice                 # alice.key (secret) + alice.pub (trust this)
+      kiln cache upload FILE --key pypi:foo=1 --sign-with alice.key --meta python=3.11
+      kiln cache lookup pypi:foo=1 --trust alice.pub
+      kiln cache download --key pypi:foo=1 --trust alice.pub -o foo.tar.gz
+
+    The real slapos.libnetworkcache works against `kiln cache serve` unchanged.
+    """
+
+
+# --- Server ----------------------------------------------------------------------------------
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    try:
+        return parse_host_port(listen)
+    except ValueError as problem:
+        fail(f"--listen {problem}")
+
+
+@cache.command("serve")
+@root_option
+@click.option("--listen", default=DEFAULT_LISTEN, show_default=True, help="HOST:PORT to listen on.")
+@click.option(
+    "--max-size",
+    default=human_size(DEFAULT_MAX_BLOB).replace(" ", "").replace("iB", ""),
+    show_default=True,
+    help="Largest blob accepted (larger uploads get 413), e.g. 512M or 8G.",
+)
+@click.option(
+    "--trust",
+    "trust_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Refuse entries not signed by a key in this file (name:base64 lines or PEM certificates)."
+    " Repeatable.",
+)
+@click.option("--allow-unsigned", is_flag=True, help="Store entries that carry no signature.")
+@click.option("--private", is_flag=True, help="Require credentials for downloads too.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Serve HTTPS.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--tls-client-ca",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Also accept client certificates signed by this CA (the root's own CA always counts).",
+)
+def serve_command(
+    root: Path,
+    listen: str,
+    max_size: str,
+    trust_files: tuple[str, ...],
+    allow_unsigned: bool,
+    private: bool,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_client_ca: tuple[str, ...],
+) -> None:
+    """Run the cache server on ROOT.
+
+    \b
+    Blobs:   POST /shacache, PUT|GET|HEAD /shacache/<sha512>
+    Entries: PUT|GET /shadir/<key>
+    Health:  GET /health
+
+    Uploads need credentials.  On the first start of an empty ROOT, an upload user is
+    created and its password printed once; add more with `kiln cache adduser`.
+    """
+    if bool(tls_cert) != bool(tls_key):
+        fail("--tls-cert and --tls-key go together")
+    try:
+        config = ServerConfig(
+            root=root,
+            max_blob_size=parse_size(max_size),
+            require_signature=not allow_unsigned,
+            trust=TrustList.from_files(trust_files) if trust_files else None,
+            private=private,
+            tls_cert=Path(tls_cert) if tls_cert else None,
+            tls_key=Path(tls_key) if tls_key else None,
+            tls_client_ca=[Path(p) for p in tls_client_ca],
+        )
+    except (ValueError, KeyError_) as problem:
+        fail(str(problem))
+    host, port = _split_listen(listen)
+    logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    users = UserDatabase(config.users_path)
+    root.mkdir(parents=True, exist_ok=True)
+    first_password = users.add(FIRST_USER) if not users.names() else None
+
+    def ready(url: str) -> None:
+        click.echo(f"kiln cache serving {root} at {url}")
+        click.echo(f"  ShaCache: {url}/shacache   ShaDir: {url}/shadir")
+        if first_password:
+            scheme, _, rest = url.partition("://")
+            click.echo(f"  upload credential (shown once): user {FIRST_USER!r}")
+            click.echo(f"    password: {first_password}")
+            click.echo(f"    upload URL: {scheme}://{FIRST_USER}:{first_password}@{rest}")
+        click.echo("  Ctrl-C stops it.", nl=True)
+        sys.stdout.flush()
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await serve(config, host, port, ready)
+
+    try:
+        asyncio.run(main())
+    except OSError as problem:
+        fail(f"cannot listen on {listen}: {problem.strerror}")
+
+
+@cache.command("adduser")
+@click.argument("name")
+@root_option
+@click.option(
+    "--cert",
+    is_flag=True,
+    help="Issue a TLS client certificate (what slapos.libnetworkcache uses) instead of a password.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=".",
+    show_default=True,
+    help="With --cert: where to write NAME.crt, NAME.key and ca.pem.",
+)
+def adduser_command(name: str, root: Path, cert: bool, out: Path) -> None:
+    """Create an upload user and print its generated credential.
+
+    Only a hash of the password is stored; it cannot be shown again.
+    """
+    if cert:
+        ca = CertificateAuthority(root / "ca")
+        cert_path, key_path = ca.issue(name, out, client=True)
+        ca_copy = out / "ca.pem"
+        if ca_copy.resolve() != ca.cert_path.resolve():
+            ca_copy.write_bytes(ca.cert_path.read_bytes())
+        click.echo(f"client certificate for {name!r}: {cert_path}")
+        click.echo(f"private key: {key_path} (keep it secret)")
+        click.echo(f"CA certificate: {ca_copy} (the server trusts it when serving TLS)")
+        click.echo(
+            "In slapos.cfg [networkcache]: shacache-cert-file / shadir-cert-file = the"
+            " certificate, shacache-key-file / shadir-key-file = the key."
+        )
+        return
+    try:
+        password = UserDatabase(root / "users.json").add(name)
+    except UserError as problem:
+        fail(str(problem))
+    click.echo(f"user {name!r} created; password (shown once): {password}")
+
+
+@cache.command("deluser")
+@click.argument("name")
+@root_option
+def deluser_command(name: str, root: Path) -> None:
+    """Remove an upload user."""
+    try:
+        UserDatabase(root / "users.json").remove(name)
+    except UserError as problem:
+        fail(str(problem))
+    click.echo(f"user {name!r} removed")
+
+
+@cache.command("servercert")
+@root_option
+@click.option("--host", "hosts", multiple=True, required=True, help="Name or IP the server has.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=".")
+def servercert_command(root: Path, hosts: tuple[str, ...], out: Path) -> None:
+    """Issue a TLS server certificate from the root's CA (for --tls-cert / --tls-key)."""
+    ca = CertificateAuthority(root / "ca")
+    cert_path, key_path = ca.issue(hosts[0], out, client=False, hosts=list(hosts))
+    click.echo(f"server certificate: {cert_path}\nkey: {key_path}\nCA: {ca.cert_path}")
+
+
+@cache.command("gc")
+@root_option
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@click.option(
+    "--older-than",
+    default="24h",
+    show_default=True,
+    help="Keep unreferenced blobs younger than this (uploads whose entry is not written yet).",
+)
+def gc_command(root: Path, dry_run: bool, older_than: str) -> None:
+    """Remove blobs that no ShaDir entry references."""
+    try:
+        age = parse_duration(older_than)
+    except ValueError as problem:
+        fail(str(problem))
+    report = collect(root, min_age_seconds=age, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for path in report.removed:
+        click.echo(f"{verb} {path.name[:16]}...")
+    click.echo(
+        f"{verb} {len(report.removed)} blob(s), {human_size(report.freed_bytes)};"
+        f" kept {report.kept} referenced, {report.too_young} younger than {older_than}"
+    )
+
+
+# --- Keys ------------------------------------------------------------------------------------
+
+
+@cache.command("keygen")
+@click.argument("name")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=".")
+@click.option(
+    "--legacy-rsa",
+    is_flag=True,
+    help="Make an RSA key + X.509 certificate that slapos.libnetworkcache accepts"
+    " (signature-private-key-file / signature-certificate-list).",
+)
+def keygen_command(name: str, out: Path, legacy_rsa: bool) -> None:
+    """Make a signing key pair named NAME.
+
+    Ed25519 (default): NAME.key is the secret (mode 0600), NAME.pub the public key
+    `NAME:base64` that clients trust.
+    """
+    try:
+        if legacy_rsa:
+            key = generate_legacy_rsa_key(name)
+            write_secret_file(out / f"{name}.key", rsa_private_pem(key))
+            assert key.certificate_pem
+            (out / f"{name}.crt").write_text(key.certificate_pem)
+            click.echo(f"secret key: {out / (name + '.key')}")
+            click.echo(f"certificate (trust this): {out / (name + '.crt')}")
+            return
+        ed_key = generate_ed25519_key(name)
+        write_secret_file(out / f"{name}.key", ed_key.secret_text + "\n")
+    except FileExistsError as problem:
+        fail(f"{problem.filename} exists; refusing to overwrite a key")
+    except KeyError_ as problem:
+        fail(str(problem))
+    (out / f"{name}.pub").write_text(ed_key.public_text + "\n")
+    click.echo(f"secret key: {out / (name + '.key')}")
+    click.echo(f"public key (trust this): {ed_key.public_text}")
+
+
+# --- Client ----------------------------------------------------------------------------------
+
+
+def client_options(function: Any) -> Any:
+    options = [
+        click.option(
+            "--cache",
+            "cache_url",
+            default=lambda: os.environ.get("KILN_CACHE_URL", DEFAULT_URL),
+            show_default="$KILN_CACHE_URL or " + DEFAULT_URL,
+            help="Base URL of the cache (serving /shacache and /shadir).",
+        ),
+        click.option(
+            "--config",
+            "config_file",
+            type=click.Path(exists=True, dir_okay=False),
+            help="Read a SlapOS-style [networkcache] section instead of --cache.",
+        ),
+        click.option(
+            "--trust",
+            "trust_files",
+            multiple=True,
+            type=click.Path(exists=True, dir_okay=False),
+            help="Trusted keys: a file of name:base64 lines and/or PEM certificates. Repeatable.",
+        ),
+        click.option(
+            "--trusted-key", "trusted_keys", multiple=True, help="A trusted name:base64 key."
+        ),
+        click.option(
+            "--sign-with",
+            type=click.Path(exists=True, dir_okay=False),
+            default=lambda: os.environ.get("KILN_CACHE_SIGNING_KEY"),
+            help="Secret key that signs new entries ($KILN_CACHE_SIGNING_KEY).",
+        ),
+        click.option("--client-cert", type=click.Path(exists=True, dir_okay=False)),
+        click.option("--client-key", type=click.Path(exists=True, dir_okay=False)),
+        click.option(
+            "--ca-file", type=click.Path(exists=True, dir_okay=False), help="CA of an HTTPS cache."
+        ),
+        click.option(
+            "--progress/--no-progress", default=None, help="Progress bars (default: on a terminal)."
+        ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _with_env_credentials(url: str) -> str:
+    """Put $KILN_CACHE_USER / $KILN_CACHE_PASSWORD into the URL, keeping them off the argv."""
+    user, password = os.environ.get("KILN_CACHE_USER"), os.environ.get("KILN_CACHE_PASSWORD")
+    parts = urlsplit(url)
+    if not user or not password or parts.username:
+        return url
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{parts.netloc}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def make_client(
+    cache_url: str,
+    config_file: str | None,
+    trust_files: tuple[str, ...],
+    trusted_keys: tuple[str, ...],
+    sign_with: str | None,
+    client_cert: str | None,
+    client_key: str | None,
+    ca_file: str | None,
+    progress: bool | None,
+) -> CacheClient:
+    try:
+        trust = TrustList.from_files(trust_files)
+        for text in trusted_keys:
+            trust.add_public_key(text)
+        keys = [load_signing_key(sign_with)] if sign_with else []
+        if config_file:
+            parser = configparser.ConfigParser(interpolation=None)
+            parser.read(config_file)
+            if not parser.has_section("networkcache"):
+                fail(f"{config_file} has no [networkcache] section")
+            client = CacheClient.from_options(dict(parser["networkcache"]), progress=progress)
+            client.trust.ed25519.update(trust.ed25519)
+            client.trust.certificates.extend(trust.certificates)
+            client.signing_keys.extend(keys)
+            return client
+    except KeyError_ as problem:
+        fail(str(problem))
+    return CacheClient.from_url(
+        _with_env_credentials(cache_url),
+        trust=trust,
+        signing_keys=keys,
+        client_cert=(client_cert, client_key) if client_cert and client_key else None,
+        ca_file=ca_file,
+        progress=progress,
+    )
+
+
+@cache.command("upload")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--key", help="ShaDir key to index the file under (e.g. pypi:name=1.0).")
+@click.option("--meta", multiple=True, help="Entry metadata NAME=VALUE (a string). Repeatable.")
+@client_options
+def upload_command(file: Path, key: str | None, meta: tuple[str, ...], **client: Any) -> None:
+    """Upload FILE to ShaCache and, with --key, add a signed ShaDir entry for it.
+
+    Credentials: put them in the URL (http://USER:PASSWORD@host:port), or set
+    $KILN_CACHE_USER and $KILN_CACHE_PASSWORD, or use --client-cert/--client-key.
+    """
+    metadata = parse_pairs(meta, "--meta")
+    cache_client = make_client(**client)
+    try:
+        sha512 = cache_client.upload(file, key, metadata)
+    except (CacheError, InvalidEntry) as problem:
+        fail(str(problem))
+    click.echo(sha512)
+
+
+@cache.command("download")
+@click.argument("sha512", required=False)
+@click.option("--key", help="Download the newest trusted entry under this ShaDir key.")
+@click.option("--select", "wanted", multiple=True, help="Only entries whose NAME equals VALUE.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@client_options
+def download_command(
+    sha512: str | None, key: str | None, wanted: tuple[str, ...], output: Path, **client: Any
+) -> None:
+    """Download a blob by SHA512, or the newest trusted entry of --key, and verify it."""
+    if bool(sha512) == bool(key):
+        fail("give either a SHA512 or --key KEY")
+    cache_client = make_client(**client)
+    try:
+        if key:
+            entries = cache_client.select(key, parse_pairs(wanted, "--select"))
+            if not entries:
+                fail(
+                    f"no trusted entry under {key!r} matches; `kiln cache lookup {key}` shows"
+                    " every entry and why it is not trusted"
+                )
+            sha512 = entries[0]["sha512"]
+        assert sha512 is not None
+        if not is_sha512(sha512):
+            fail(f"{sha512[:40]!r} is not a sha512 (128 lowercase hex characters)")
+        cache_client.download(sha512, output)
+    except (CacheError, InvalidEntry) as problem:
+        fail(str(problem))
+    click.echo(f"{output}: {sha512[:16]}... verified")
+
+
+@cache.command("lookup")
+@click.argument("key")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@client_options
+def lookup_command(key: str, as_json: bool, **client: Any) -> None:
+    """Show every entry under KEY, newest first, whether it is trusted, and why."""
+    cache_client = make_client(**client)
+    try:
+        reports = cache_client.lookup(key)
+    except (CacheError, InvalidEntry) as problem:
+        fail(str(problem))
+    if as_json:
+        rows = [{"metadata": r.metadata, "trusted": r.trusted, "reason": r.reason} for r in reports]
+        click.echo(json.dumps(rows, indent=2, sort_keys=True))
+        return
+    if not reports:
+        click.echo(f"no entry under {key!r} at {redact(cache_client.download_dir_url or '')}")
+        return
+    for number, report in enumerate(reports, 1):
+        mark = (
+            click.style("trusted", fg="green")
+            if report.trusted
+            else click.style("UNTRUSTED", fg="red")
+        )
+        click.echo(f"#{number} {mark}: {report.reason}")
+        for name, value in sorted((report.metadata or {}).items()):
+            click.echo(f"    {name}: {value}")

@@ -1,0 +1,56 @@
+"""Garbage collection: remove blobs that no ShaDir entry references."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kiln.shacache.storage import BlobStore, DirStore
+
+
+@dataclass
+class GcReport:
+    kept: int = 0
+    removed: list[Path] = field(default_factory=list)
+    too_young: int = 0
+    freed_bytes: int = 0
+
+
+def referenced_blobs(dirs: DirStore) -> set[str]:
+    referenced: set[str] = set()
+    for _key, entries in dirs.iter_keys():
+        for entry in entries:
+            try:
+                sha512 = json.loads(entry.metadata_text).get("sha512")
+            except ValueError:
+                continue
+            if isinstance(sha512, str):
+                referenced.add(sha512)
+    return referenced
+
+
+def collect(root: Path, *, min_age_seconds: float, dry_run: bool) -> GcReport:
+    """Remove unreferenced blobs older than ``min_age_seconds``.
+
+    The age threshold protects uploads in flight: a client uploads the blob first and writes
+    its entry a moment later.
+    """
+    blobs, dirs = BlobStore(root), DirStore(root)
+    referenced = referenced_blobs(dirs)
+    now = time.time()
+    report = GcReport()
+    for path in blobs.iter_blobs():
+        if path.name in referenced:
+            report.kept += 1
+            continue
+        stat = path.stat()
+        if now - stat.st_mtime < min_age_seconds:
+            report.too_young += 1
+            continue
+        report.removed.append(path)
+        report.freed_bytes += stat.st_size
+        if not dry_run:
+            path.unlink(missing_ok=True)
+    return report

@@ -1,0 +1,362 @@
+"""The ShaCache + ShaDir HTTP server (``kiln cache serve``).
+
+Wire format: see PROTOCOLS.md §1.  ``/shacache`` holds blobs named by their sha512,
+``/shadir/<key>`` holds signed entries.  Beyond the reference servers, this one re-hashes
+every blob, writes atomically, validates entries, keeps them append-only, can verify
+signatures against its own trust list, and authenticates every upload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import shutil
+import ssl
+import time
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from kiln.common.http import error
+from kiln.shacache.entries import InvalidEntry, check_dir_key, is_sha512, parse_entry_body
+from kiln.shacache.keys import TrustList
+from kiln.shacache.storage import (
+    BlobStore,
+    DirStore,
+    HashMismatch,
+    StorageFull,
+    TooLarge,
+)
+from kiln.shacache.users import CachedChecker, CertificateAuthority, UserDatabase
+
+log = logging.getLogger("shacache.server")
+
+# Hash and write in pieces this large, off the event loop, so that one big upload neither
+# blocks other requests nor pays a thread hop per small network read.
+WRITE_PIECE = 1 << 20
+DEFAULT_MAX_BLOB = 8 << 30
+
+
+@dataclass
+class ServerConfig:
+    root: Path
+    max_blob_size: int = DEFAULT_MAX_BLOB
+    # Entries must carry a signature; the legacy client writes "" when it has no key.
+    require_signature: bool = True
+    # When set, the server itself refuses entries that no trusted key signed.
+    trust: TrustList | None = None
+    # Downloads are anonymous unless this is set.
+    private: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: list[Path] = field(default_factory=list)
+
+    @property
+    def users_path(self) -> Path:
+        return self.root / "users.json"
+
+    @property
+    def ca(self) -> CertificateAuthority:
+        return CertificateAuthority(self.root / "ca")
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One readable line per request; never the Authorization header."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        user = request.get("user", "-")
+        size = response.body_length
+        self.logger.info(
+            '%s %s "%s %s" %d %d %.1fms',
+            request.remote,
+            user,
+            request.method,
+            request.path,
+            response.status,
+            size,
+            time * 1000,
+        )
+
+
+class CacheServer:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        config.root.mkdir(parents=True, exist_ok=True)
+        self.blobs = BlobStore(config.root)
+        self.dirs = DirStore(config.root)
+        self.users = CachedChecker(UserDatabase(config.users_path))
+        self._key_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+        removed = self.blobs.remove_stale_uploads()
+        if removed:
+            log.info("removed %d unfinished upload(s) left by a previous run", removed)
+
+    # --- Application -------------------------------------------------------------------------
+
+    def make_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._auth_middleware])
+        app.router.add_get("/", self.index)
+        app.router.add_get("/health", self.health)
+        app.router.add_post("/shacache", self.post_blob)
+        app.router.add_post("/shacache/", self.post_blob)
+        app.router.add_put("/shacache/{name}", self.put_blob)
+        app.router.add_get("/shacache/{name}", self.get_blob)  # also answers HEAD
+        app.router.add_put("/shadir/{key:.*}", self.put_entry)
+        app.router.add_get("/shadir/{key:.*}", self.get_entries)
+        return app
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.config.tls_cert:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        cas = list(self.config.tls_client_ca)
+        if self.config.ca.cert_path.exists():
+            cas.append(self.config.ca.cert_path)
+        if cas:
+            # A client certificate is optional (downloads are anonymous) but, when given,
+            # it must chain to a trusted CA; its common name is then the user.
+            context.verify_mode = ssl.CERT_OPTIONAL
+            for ca in cas:
+                context.load_verify_locations(cafile=str(ca))
+        return context
+
+    # --- Authentication ----------------------------------------------------------------------
+
+    def _user(self, request: web.Request, cached_only: bool = False) -> str | None:
+        transport = request.transport
+        peer = transport.get_extra_info("peercert") if transport else None
+        if peer:
+            for rdn in peer.get("subject", ()):
+                for name, value in rdn:
+                    if name == "commonName":
+                        return f"cert:{value}"
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Basic "):
+            try:
+                name, _, password = base64.b64decode(header[6:]).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                return None
+            if self.users.check(name, password, cached_only=cached_only):
+                return name
+        return None
+
+    @web.middleware
+    async def _auth_middleware(self, request: web.Request, handler):  # type: ignore[no-untyped-def]
+        is_write = request.method in ("POST", "PUT", "DELETE")
+        if request.path in ("/", "/health"):
+            return await handler(request)
+        if is_write or self.config.private:
+            user = self._user(request, cached_only=True)
+            if user is None:
+                # A password not seen before costs an scrypt: keep it off the event loop.
+                loop = asyncio.get_running_loop()
+                user = await loop.run_in_executor(None, self._user, request)
+            if user is None:
+                what = "uploads" if is_write else "this cache"
+                return error(
+                    401,
+                    f"{what} need credentials: HTTP Basic (kiln cache adduser NAME) or a"
+                    " client certificate (kiln cache adduser NAME --cert)",
+                    **{"WWW-Authenticate": 'Basic realm="kiln cache"'},
+                )
+            request["user"] = user
+        response = await handler(request)
+        if request.headers.get("Connection", "").lower() == "close":
+            # slapos.libnetworkcache closes its side before reading: answer, then close.
+            response.force_close()
+        return response
+
+    # --- Handlers ----------------------------------------------------------------------------
+
+    async def index(self, request: web.Request) -> web.Response:
+        return web.Response(
+            text="kiln cache\n"
+            "  POST /shacache              upload a blob (answer: its sha512)\n"
+            "  GET  /shacache/<sha512>     download a blob (Range supported)\n"
+            "  PUT  /shadir/<key>          add a signed entry\n"
+            "  GET  /shadir/<key>          list the entries of a key\n"
+            "  GET  /health                health check\n"
+        )
+
+    async def health(self, request: web.Request) -> web.Response:
+        usage = shutil.disk_usage(self.config.root)
+        return web.json_response(
+            {"status": "ok", "free_bytes": usage.free, "root_writable": True, "time": time.time()}
+        )
+
+    async def _receive_blob(self, request: web.Request, expected: str | None) -> web.Response:
+        max_size = self.config.max_blob_size
+        declared = request.content_length
+        if declared is not None and declared > max_size:
+            return error(413, f"the body ({declared} bytes) is over the limit of {max_size} bytes")
+        loop = asyncio.get_running_loop()
+        if declared is not None and declared <= WRITE_PIECE:
+            # Small blobs: one read, then one trip to a worker thread for write + fsync + rename.
+            try:
+                body = await request.content.readexactly(declared)
+            except (asyncio.IncompleteReadError, ConnectionError) as failure:
+                log.warning("upload broken off: %s; nothing was stored", failure)
+                return error(400, "truncated upload; nothing was stored")
+            try:
+                digest = await loop.run_in_executor(None, self._store_whole, body, expected)
+            except HashMismatch as failure:
+                return error(400, f"hash mismatch: {failure}")
+            except OSError as failure:
+                return self._storage_error(failure)
+            return web.Response(status=201, text=digest)
+        try:
+            writer = await loop.run_in_executor(None, self.blobs.writer, max_size)
+        except OSError as failure:
+            return self._storage_error(failure)
+        pending: asyncio.Future | None = None
+        piece = bytearray()
+        try:
+            async for data in request.content.iter_any():
+                piece += data
+                if len(piece) >= WRITE_PIECE:
+                    if pending is not None:
+                        await pending
+                    # Hashing and writing run in a thread while the next piece arrives.
+                    pending = loop.run_in_executor(None, writer.write, piece)
+                    piece = bytearray()
+            if pending is not None:
+                await pending
+            if piece:
+                await loop.run_in_executor(None, writer.write, piece)
+            if declared is not None and writer.size != declared:
+                raise EOFError(f"received {writer.size} of {declared} bytes")
+            digest = await loop.run_in_executor(None, writer.commit, expected)
+        except TooLarge as failure:
+            writer.abort()
+            return error(413, str(failure))
+        except HashMismatch as failure:
+            return error(400, f"hash mismatch: {failure}")
+        except (EOFError, ConnectionError, asyncio.IncompleteReadError) as failure:
+            writer.abort()
+            log.warning("upload broken off: %s; nothing was stored", failure)
+            return error(400, f"truncated upload: {failure}; nothing was stored")
+        except OSError as failure:
+            writer.abort()
+            return self._storage_error(failure)
+        except BaseException:
+            if pending is not None:
+                await asyncio.gather(pending, return_exceptions=True)
+            writer.abort()
+            raise
+        return web.Response(status=201, text=digest)
+
+    def _store_whole(self, body: bytes, expected: str | None) -> str:
+        writer = self.blobs.writer()
+        writer.write(body)
+        return writer.commit(expected)
+
+    def _storage_error(self, failure: OSError) -> web.Response:
+        if isinstance(failure, StorageFull):
+            log.error("disk full under %s: upload refused", self.config.root)
+            return error(
+                507, "the cache's disk is full; nothing was stored", **{"Retry-After": "60"}
+            )
+        log.exception("storage failure")
+        return error(500, f"storage failure: {failure.strerror or failure}")
+
+    async def post_blob(self, request: web.Request) -> web.Response:
+        return await self._receive_blob(request, None)
+
+    async def put_blob(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if not is_sha512(name):
+            return error(400, "a blob is named by its sha512: 128 lowercase hex characters")
+        return await self._receive_blob(request, name)
+
+    async def get_blob(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        if not is_sha512(name):
+            return error(400, "a blob is named by its sha512: 128 lowercase hex characters")
+        path = self.blobs.path_for(name)
+        if not path.is_file():
+            return error(404, f"no blob {name[:16]}...")
+        # FileResponse answers Range, HEAD, Content-Length and ETag, and uses sendfile().
+        return web.FileResponse(
+            path,
+            chunk_size=WRITE_PIECE,
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Cache-Control": "public, max-age=31536000, immutable",
+            },
+        )
+
+    def _key(self, request: web.Request) -> str:
+        return check_dir_key(request.match_info["key"])
+
+    async def put_entry(self, request: web.Request) -> web.Response:
+        try:
+            key = self._key(request)
+            body = await request.content.read(64 * 1024 + 1)
+            entry = parse_entry_body(body)
+        except InvalidEntry as failure:
+            return error(400, str(failure))
+        if not entry.signature and self.config.require_signature:
+            return error(
+                403,
+                "unsigned entries are refused: sign it (kiln cache keygen) or run the server"
+                " with --allow-unsigned",
+            )
+        if self.config.trust is not None:
+            verdict = self.config.trust.verify(entry.metadata_text, entry.signature)
+            if not verdict.trusted:
+                return error(403, f"entry refused: {verdict.reason}")
+        lock = self._key_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            try:
+                added = await asyncio.get_running_loop().run_in_executor(
+                    None, self.dirs.append, key, entry
+                )
+            except OSError as failure:
+                return self._storage_error(failure)
+        if not added:
+            log.info("entry for %s already present; not stored twice", key)
+        return web.Response(status=201, text="created\n" if added else "already present\n")
+
+    async def get_entries(self, request: web.Request) -> web.Response:
+        try:
+            key = self._key(request)
+        except InvalidEntry as failure:
+            return error(400, str(failure))
+        entries = await asyncio.get_running_loop().run_in_executor(None, self.dirs.read, key)
+        if entries is None:
+            return error(404, f"no entry for key {key}")
+        return web.Response(
+            body=json.dumps([e.as_pair() for e in entries]).encode(),
+            content_type="application/json",
+        )
+
+
+async def serve(config: ServerConfig, host: str, port: int, ready=None) -> None:  # type: ignore[no-untyped-def]
+    """Run until cancelled; call ``ready(url)`` once listening."""
+    server = CacheServer(config)
+    runner = web.AppRunner(
+        server.make_app(),
+        access_log_class=AccessLogger,
+        access_log=logging.getLogger("shacache.access"),
+    )
+    await runner.setup()
+    context = server.ssl_context()
+    site = web.TCPSite(runner, host, port, ssl_context=context, backlog=1024)
+    await site.start()
+    scheme = "https" if context else "http"
+    bound_port = runner.addresses[0][1] if port == 0 else port
+    shown_host = f"[{host}]" if ":" in host else host
+    if ready is not None:
+        ready(f"{scheme}://{shown_host}:{bound_port}")
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,208 @@
+"""Content-addressed storage under one root directory.
+
+Layout (everything below ``--root``)::
+
+    shacache/ab/cd/abcd...      blobs, named by their sha512, two levels of fan-out
+    shadir/ef/ef01....json      entries of one key, in a file named by sha256(key)
+    tmp/                        uploads in progress (same filesystem, so rename is atomic)
+
+Every write goes to a temporary file, is fsynced, then renamed into place, and the directory
+is fsynced: a killed server or a broken upload leaves no partial blob, only a temp file that
+the next start removes.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from kiln.common.durable import fsync_directory
+from kiln.shacache.entries import Entry, check_dir_key, is_sha512
+
+WRITEBACK_WINDOW = 32 << 20
+
+
+class StorageFull(OSError):
+    """The disk is full: the write was undone and nothing was left behind."""
+
+
+class HashMismatch(ValueError):
+    pass
+
+
+class TooLarge(ValueError):
+    pass
+
+
+def _raise_if_full(error: OSError) -> None:
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise StorageFull(error.errno, "no space left on the cache's disk") from error
+
+
+class BlobWriter:
+    """Receives one upload in pieces; hashes and writes as it goes, never holding it whole."""
+
+    def __init__(self, store: BlobStore, max_size: int | None) -> None:
+        self._store = store
+        self._max_size = max_size
+        self._hash = hashlib.sha512()
+        self.size = 0
+        fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix="upload-")
+        self._file = os.fdopen(fd, "wb", buffering=0)
+        self._temp_path = Path(name)
+        self._closed = False
+        self._written_back = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.size += len(data)
+        if self._max_size is not None and self.size > self._max_size:
+            raise TooLarge(f"the body is over the size limit of {self._max_size} bytes")
+        self._hash.update(data)
+        try:
+            self._file.write(data)
+            self._start_writeback()
+        except OSError as error:
+            self.abort()
+            _raise_if_full(error)
+            raise
+
+    def _start_writeback(self) -> None:
+        """Start writing earlier pieces to disk now, so the final fsync has little left to do.
+
+        The kernel would otherwise hold a whole multi-GiB upload in dirty pages and flush it
+        all in the fsync after the last byte.  POSIX_FADV_DONTNEED starts that writeback
+        without waiting, and keeps a large upload from evicting the page cache.
+        """
+        if self.size - self._written_back >= WRITEBACK_WINDOW:
+            os.posix_fadvise(self._file.fileno(), self._written_back, 0, os.POSIX_FADV_DONTNEED)
+            self._written_back = self.size
+
+    def commit(self, expected_sha512: str | None = None) -> str:
+        """Make the blob durable and visible; answer its sha512."""
+        digest = self._hash.hexdigest()
+        if expected_sha512 is not None and digest != expected_sha512:
+            self.abort()
+            raise HashMismatch(
+                f"the body hashes to {digest[:16]}..., not to the name {expected_sha512[:16]}..."
+            )
+        try:
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._closed = True
+            final = self._store.path_for(digest)
+            if final.exists():
+                # Same content, already stored: the upload is idempotent.
+                self._temp_path.unlink()
+                return digest
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self._temp_path, final)
+            fsync_directory(final.parent)
+        except OSError as error:
+            self.abort()
+            _raise_if_full(error)
+            raise
+        return digest
+
+    def abort(self) -> None:
+        if not self._closed:
+            self._file.close()
+            self._closed = True
+        self._temp_path.unlink(missing_ok=True)
+
+
+@dataclass
+class BlobStore:
+    root: Path
+
+    def __post_init__(self) -> None:
+        self.blob_dir = self.root / "shacache"
+        self.tmp_dir = self.root / "tmp"
+        for directory in (self.blob_dir, self.tmp_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+
+    def remove_stale_uploads(self) -> int:
+        """Delete uploads a previous process left unfinished (it was killed mid-upload)."""
+        count = 0
+        for leftover in self.tmp_dir.iterdir():
+            leftover.unlink(missing_ok=True)
+            count += 1
+        return count
+
+    def path_for(self, sha512: str) -> Path:
+        if not is_sha512(sha512):
+            raise ValueError(f"not a sha512: {sha512[:40]!r}")
+        return self.blob_dir / sha512[:2] / sha512[2:4] / sha512
+
+    def exists(self, sha512: str) -> bool:
+        return self.path_for(sha512).is_file()
+
+    def writer(self, max_size: int | None = None) -> BlobWriter:
+        return BlobWriter(self, max_size)
+
+    def iter_blobs(self) -> Iterator[Path]:
+        for path in self.blob_dir.glob("??/??/*"):
+            if is_sha512(path.name):
+                yield path
+
+
+@dataclass
+class DirStore:
+    """Append-only lists of entries per key, newest last, exact duplicates stored once."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        self.dir_root = self.root / "shadir"
+        self.tmp_dir = self.root / "tmp"
+        for directory in (self.dir_root, self.tmp_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, key: str) -> Path:
+        # The file is named by a hash of the key: no key can name a path outside the store.
+        digest = hashlib.sha256(check_dir_key(key).encode()).hexdigest()
+        return self.dir_root / digest[:2] / f"{digest}.json"
+
+    def read(self, key: str) -> list[Entry] | None:
+        path = self.path_for(key)
+        try:
+            document = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        return [Entry(text, signature) for text, signature in document["entries"]]
+
+    def append(self, key: str, entry: Entry) -> bool:
+        """Add an entry; answer False when the exact same entry was already there.
+
+        The caller serialises appends to one key (one writer per process).
+        """
+        entries = self.read(key) or []
+        if entry in entries:
+            return False
+        entries.append(entry)
+        document = {"key": key, "entries": [e.as_pair() for e in entries]}
+        path = self.path_for(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp_name = tempfile.mkstemp(dir=self.tmp_dir, prefix="entry-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(json.dumps(document).encode())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temp_name, path)
+            fsync_directory(path.parent)
+        except OSError as error:
+            Path(temp_name).unlink(missing_ok=True)
+            _raise_if_full(error)
+            raise
+        return True
+
+    def iter_keys(self) -> Iterator[tuple[str, list[Entry]]]:
+        for path in self.dir_root.glob("??/*.json"):
+            document = json.loads(path.read_bytes())
+            yield document["key"], [Entry(t, s) for t, s in document["entries"]]

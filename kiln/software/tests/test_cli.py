@@ -1,0 +1,73 @@
+"""`kiln software` / `kiln instance`: help, and clear errors naming the bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from kiln.buildout.recipes import render_template
+from kiln.cli import main
+from kiln.software.build import CacheSettings, resolve_release
+
+pytestmark = pytest.mark.unit
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_groups_are_mounted_with_help() -> None:
+    assert "seed-sources" in run("software", "--help").output
+    for command in ("up", "down", "status"):
+        assert command in run("instance", "--help").output
+
+
+def test_unknown_release_lists_the_known_ones() -> None:
+    result = run("software", "build", "software/nope")
+    assert result.exit_code != 0
+    assert "no software release at 'software/nope'" in result.output
+    assert "wendelin" in result.output
+
+
+def test_resolve_release_accepts_short_names() -> None:
+    assert resolve_release("wendelin") == resolve_release("software/wendelin")
+
+
+def test_bad_set_option_is_named() -> None:
+    result = run("software", "build", "software/kvm", "--set", "nonsense")
+    assert result.exit_code != 0
+    assert "SECTION:OPTION=VALUE" in result.output
+
+
+def test_seed_sources_requires_something_and_a_key() -> None:
+    assert "nothing to seed" in run("software", "seed-sources").output
+    result = run("software", "seed-sources", "--apt", "libzstd=1", "--cache", "http://127.0.0.1:9")
+    assert "--sign-with" in result.output
+
+
+def test_status_of_a_directory_that_is_no_instance(tmp_path: Path) -> None:
+    result = run("instance", "status", "--root", str(tmp_path))
+    assert result.exit_code != 0
+    assert "is not an instance" in result.output
+
+
+def test_credentials_stay_out_of_download_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KILN_CACHE_USER", raising=False)
+    settings = CacheSettings(
+        url="http://alice:s3cret@127.0.0.1:8080", signing_key_file=Path("/k/builder.key")
+    )
+    options = settings.networkcache_options()
+    assert options["download-cache-url"] == "http://127.0.0.1:8080/shacache"
+    assert options["upload-cache-url"] == "http://alice:s3cret@127.0.0.1:8080/shacache"
+    # Without a signing key nothing is uploaded, so no credentials are written at all.
+    unsigned = CacheSettings(url="http://alice:s3cret@127.0.0.1:8080").networkcache_options()
+    assert "upload-cache-url" not in unsigned
+    assert "s3cret" not in str(unsigned)
+
+
+def test_render_template_names_unknown_placeholders() -> None:
+    assert render_template("a {{ x }} b", {"x": "1"}, "t") == "a 1 b"
+    with pytest.raises(Exception, match="y"):
+        render_template("{{ y }}", {}, "t")

@@ -1,0 +1,261 @@
+"""`kiln wendelin`: run and administer the data platform."""
+
+import asyncio
+import datetime
+import json
+import logging
+import math
+import os
+import sys
+
+import click
+
+from kiln.common.addresses import FORWARD_PORT, WENDELIN_HTTP_PORT, parse_host_port
+from kiln.wendelin.catalog import AlreadyExists, SQLiteCatalog
+from kiln.wendelin.policies import PolicyRegistry, hash_password
+
+ROOT_OPTION = click.option(
+    "--root",
+    type=click.Path(file_okay=False),
+    envvar="WENDELIN_ROOT",
+    required=True,
+    help="Directory holding the catalog, secrets and streams (env WENDELIN_ROOT).",
+)
+
+
+def _registry(root: str) -> PolicyRegistry:
+    os.makedirs(root, exist_ok=True)
+    return PolicyRegistry(root, SQLiteCatalog(os.path.join(root, "catalog.sqlite")))
+
+
+@click.group()
+def wendelin() -> None:
+    """The data platform: ingestion policies, fluentd-compatible ingest, data streams."""
+
+
+@wendelin.command()
+@ROOT_OPTION
+@click.option(
+    "--listen",
+    default=f"127.0.0.1:{WENDELIN_HTTP_PORT}",
+    show_default=True,
+    help="HOST:PORT for HTTP: fluentd ingest, /tags, the stream API and web pages.",
+)
+@click.option(
+    "--forward-listen",
+    default=f"127.0.0.1:{FORWARD_PORT}",
+    show_default=True,
+    help="HOST:PORT for the fluentd forward protocol; 'off' to disable.",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False),
+    help="PEM certificate: serve HTTP over TLS (HTTPS), so Basic passwords never cross the "
+    "network in clear. Off by default: the default --listen is 127.0.0.1.",
+)
+@click.option("--tls-key", type=click.Path(dir_okay=False), help="PEM key for it.")
+@click.option(
+    "--forward-tls-cert",
+    type=click.Path(dir_okay=False),
+    help="PEM certificate: serve the forward protocol over TLS (fluentd <transport tls>).",
+)
+@click.option("--forward-tls-key", type=click.Path(dir_okay=False), help="PEM key for it.")
+@click.option(
+    "--max-chunk-mib",
+    default=64,
+    show_default=True,
+    help="Largest HTTP chunk or forward message; larger ones get 413 or a closed connection.",
+)
+@click.option(
+    "--max-queued-mib",
+    default=256,
+    show_default=True,
+    help="Memory for HTTP bodies being received, and again for data waiting for the disk; "
+    "past either, new data gets 503 + Retry-After (overload) until it drains.",
+)
+@click.option(
+    "--dedup-retention-hours",
+    default=168.0,
+    show_default=True,
+    help="How long a committed chunk is remembered, so its resend is not appended again.",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def serve(
+    root: str,
+    listen: str,
+    forward_listen: str,
+    tls_cert: str | None,
+    tls_key: str | None,
+    forward_tls_cert: str | None,
+    forward_tls_key: str | None,
+    max_chunk_mib: int,
+    max_queued_mib: int,
+    dedup_retention_hours: float,
+    verbose: bool,
+) -> None:
+    """Serve HTTP and the forward protocol from one process, with state under --root.
+
+    Every acknowledgement (HTTP 204, forward ack) means the data is fsynced. SIGTERM stops
+    accepting (503), commits what is queued, and exits.
+    """
+    from kiln.wendelin.server import serve as run
+    from kiln.wendelin.server import tls_context
+    from kiln.wendelin.service import Limits, RootInUse
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,  # `kiln` set up quieter logging; a service logs one line per request
+    )
+    limits = Limits(
+        max_chunk_bytes=max_chunk_mib << 20,
+        max_pending_bytes=max_queued_mib << 20,
+        max_receiving_bytes=max_queued_mib << 20,
+        dedup_retention=dedup_retention_hours * 3600,
+    )
+    try:
+        http_address = parse_host_port(listen, WENDELIN_HTTP_PORT)
+        forward = None if forward_listen == "off" else parse_host_port(forward_listen, FORWARD_PORT)
+    except ValueError as problem:
+        raise click.BadParameter(str(problem)) from None
+    try:
+        asyncio.run(
+            run(
+                root,
+                http_address,
+                forward,
+                limits,
+                http_tls=tls_context(tls_cert, tls_key),
+                forward_tls=tls_context(forward_tls_cert, forward_tls_key),
+            )
+        )
+    except (RootInUse, OSError) as problem:
+        raise click.ClickException(str(problem)) from None
+
+
+@wendelin.group()
+def policy() -> None:
+    """Ingestion policies: credentials and the tags each one accepts."""
+
+
+@policy.command("add")
+@ROOT_OPTION
+@click.argument("name")
+@click.option(
+    "--tag-pattern",
+    default="**",
+    show_default=True,
+    help="fluentd <match> pattern of the tags accepted: '*' one part, '**' any, {a,b}.",
+)
+@click.option(
+    "--forward-user-auth",
+    is_flag=True,
+    help="Also require the forward <user> (same name and password as HTTP).",
+)
+@click.option(
+    "--anonymous-forward",
+    is_flag=True,
+    help="Accept forward clients that skip the handshake (fluent-logger). Insecure.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the credentials as JSON.")
+def policy_add(
+    root: str,
+    name: str,
+    tag_pattern: str,
+    forward_user_auth: bool,
+    anonymous_forward: bool,
+    as_json: bool,
+) -> None:
+    """Create policy NAME and print its generated credentials (shown only this once)."""
+    try:
+        credentials = _registry(root).add(name, tag_pattern, forward_user_auth, anonymous_forward)
+    except (AlreadyExists, ValueError) as problem:
+        raise click.ClickException(str(problem)) from None
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "policy": name,
+                    "user": credentials.http_user,
+                    "password": credentials.http_password,
+                    "shared_key": credentials.shared_key,
+                }
+            )
+        )
+        return
+    click.echo(f"policy:      {name} (tags: {tag_pattern})")
+    click.echo(f"user:        {credentials.http_user}")
+    click.echo(f"password:    {credentials.http_password}")
+    click.echo(f"shared_key:  {credentials.shared_key}")
+    click.echo("Keep these: the password is stored only as a hash.")
+
+
+@policy.command("list")
+@ROOT_OPTION
+def policy_list(root: str) -> None:
+    """List policies (names, users and tag patterns; never secrets)."""
+    for record in _registry(root).catalog.policies():
+        flags = [
+            flag
+            for flag, on in (
+                ("forward-user-auth", record.forward_user_auth),
+                ("anonymous-forward", record.anonymous_forward),
+            )
+            if on
+        ]
+        click.echo(
+            f"{record.name}\tuser={record.http_user}\ttags={record.tag_pattern}\t{','.join(flags)}"
+        )
+
+
+@policy.command("remove")
+@ROOT_OPTION
+@click.argument("name")
+def policy_remove(root: str, name: str) -> None:
+    """Remove policy NAME: its credentials stop working; its streams stay."""
+    if not _registry(root).remove(name):
+        raise click.ClickException(f"no policy named {name!r}")
+
+
+@wendelin.group()
+def reader() -> None:
+    """Reader accounts: read every stream (API, web pages, Python client), write none."""
+
+
+@reader.command("add")
+@ROOT_OPTION
+@click.argument("name")
+def reader_add(root: str, name: str) -> None:
+    """Create reader NAME and print its generated password."""
+    import secrets
+
+    password = secrets.token_urlsafe(24)
+    try:
+        _registry(root).catalog.add_reader(name, hash_password(password))
+    except AlreadyExists as problem:
+        raise click.ClickException(str(problem)) from None
+    click.echo(f"user:      {name}\npassword:  {password}")
+
+
+@wendelin.group()
+def stream() -> None:
+    """Data streams."""
+
+
+@stream.command("list")
+@ROOT_OPTION
+def stream_list(root: str) -> None:
+    """Streams with sizes, entry counts and times (as of the service's last catalog sync)."""
+    for record in _registry(root).catalog.streams():
+        click.echo(
+            f"{record.name}\tpolicy={record.policy}\tkind={record.kind}\tsize={record.size}"
+            f"\tentries={record.entries}\tfirst_time={_iso(record.first_time)}"
+            f"\tlast_time={_iso(record.last_time)}\tlast_ingest={_iso(record.last_ingest)}"
+        )
+
+
+def _iso(seconds: float | None) -> str:
+    if seconds is None or math.isnan(seconds):
+        return "-"
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat(timespec="milliseconds")

@@ -1,0 +1,319 @@
+"""The fluentd forward protocol v1 server (TCP, optionally TLS): see PROTOCOLS.md §3.
+
+Every connection starts with HELO; the PING's shared-key digest tells which policy the client
+belongs to. Message, Forward, PackedForward and CompressedPackedForward (gzip, zstd) are
+accepted; ``{"ack": chunk}`` is sent only once the chunk is fsynced, and a chunk id that was
+already committed is acknowledged again without appending. A malformed message closes its
+connection only, after the acks already earned have been sent.
+"""
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import secrets
+import socket
+import ssl
+from dataclasses import dataclass, field
+
+import msgpack
+
+from kiln.wendelin import chunks, compression
+from kiln.wendelin.ingest import TagRejected, forward_chunk_key, stream_for
+from kiln.wendelin.policies import Policy, PolicyRegistry
+from kiln.wendelin.streams import NO_KEY, StreamKindError, StreamStore, StreamUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class ProtocolError(ValueError):
+    """The peer broke the protocol; its connection is closed."""
+
+
+@dataclass(slots=True)
+class _Connection:
+    peer: str
+    nonce: bytes = field(default_factory=lambda: secrets.token_bytes(16))
+    auth_salt: bytes = field(default_factory=lambda: secrets.token_bytes(16))
+    policy: Policy | None = None
+    anonymous: bool = False
+    messages: int = 0
+    entries: int = 0
+    acks: int = 0
+    duplicates: int = 0
+
+
+def _as_bytes(value: object) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    raise ProtocolError(f"expected a string, got {type(value).__name__}")
+
+
+def _sha512_hex(*parts: bytes) -> str:
+    return hashlib.sha512(b"".join(parts)).hexdigest()
+
+
+class ForwardServer:
+    def __init__(
+        self,
+        store: StreamStore,
+        policies: PolicyRegistry,
+        max_message_bytes: int = 64 << 20,
+        max_in_flight: int = 256,
+        hostname: str | None = None,
+        handshake_timeout: float = 30.0,
+    ) -> None:
+        self.store = store
+        self.policies = policies
+        self.max_message_bytes = max_message_bytes
+        self.max_in_flight = max_in_flight
+        # out_forward refuses a PONG carrying its own self_hostname, and a fluentd on this
+        # machine usually calls itself by the machine's name: so ours is never just that.
+        self.hostname = hostname or f"wendelin@{socket.gethostname()}"
+        self.handshake_timeout = handshake_timeout
+        self._packer = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape")
+        self._connections: set[asyncio.Task[None]] = set()
+
+    async def start(
+        self, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+    ) -> asyncio.Server:
+        return await asyncio.start_server(
+            self._serve, host, port, ssl=ssl_context, limit=1 << 20, backlog=512
+        )
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        peername = writer.get_extra_info("peername")
+        connection = _Connection(peer=f"{peername[0]}:{peername[1]}" if peername else "?")
+        in_flight: set[asyncio.Task[None]] = set()
+        outcome = "closed by peer"
+        try:
+            writer.write(
+                self._packer.pack(
+                    [
+                        "HELO",
+                        {
+                            "nonce": connection.nonce,
+                            "auth": connection.auth_salt,
+                            "keepalive": True,
+                        },
+                    ]
+                )
+            )
+            await self._read_messages(reader, writer, connection, in_flight)
+        except ProtocolError as error:
+            outcome = f"closed: {error}"
+        except StreamUnavailable as error:
+            outcome = f"closed without ack, retry later: {error}"
+        except TimeoutError:  # before OSError, of which it is a subclass
+            outcome = "closed: no handshake in time"
+        except (OSError, asyncio.IncompleteReadError) as error:  # includes TLS errors
+            outcome = f"connection lost: {error}"
+        finally:
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+            writer.close()
+            self._connections.discard(task)
+            if connection.messages or not outcome.startswith("closed by peer"):
+                log.info(
+                    "forward %s policy=%s messages=%d entries=%d acks=%d duplicates=%d %s",
+                    connection.peer,
+                    connection.policy.name if connection.policy else "-",
+                    connection.messages,
+                    connection.entries,
+                    connection.acks,
+                    connection.duplicates,
+                    outcome,
+                )
+
+    async def _read_messages(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        connection: _Connection,
+        in_flight: set[asyncio.Task[None]],
+    ) -> None:
+        # Strings decode with surrogateescape so that a record re-packs byte for byte (str stays
+        # str, bin stays bin), and a str32 PackedForward blob turns back into its exact bytes.
+        unpacker = msgpack.Unpacker(
+            raw=False,
+            unicode_errors="surrogateescape",
+            strict_map_key=False,
+            max_buffer_size=self.max_message_bytes,
+        )
+        slots = asyncio.Semaphore(self.max_in_flight)
+        while True:
+            if connection.policy is None and not connection.anonymous:
+                data = await asyncio.wait_for(reader.read(1 << 18), self.handshake_timeout)
+            else:
+                data = await reader.read(1 << 18)
+            if not data:
+                return
+            try:
+                unpacker.feed(data)
+            except msgpack.BufferFull:
+                raise ProtocolError(
+                    f"message larger than the limit of {self.max_message_bytes} bytes"
+                ) from None
+            try:
+                for message in unpacker:
+                    if message is None:
+                        continue  # heartbeat
+                    await self._handle(message, writer, connection, in_flight, slots)
+            except (ValueError, msgpack.UnpackException) as error:
+                if isinstance(error, ProtocolError):
+                    raise
+                raise ProtocolError(f"malformed message: {error}") from None
+
+    async def _handle(
+        self,
+        message: object,
+        writer: asyncio.StreamWriter,
+        connection: _Connection,
+        in_flight: set[asyncio.Task[None]],
+        slots: asyncio.Semaphore,
+    ) -> None:
+        if not isinstance(message, list) or len(message) < 2:
+            raise ProtocolError("a message must be an array [tag, ...]")
+        if message[0] == "PING" and connection.policy is None:
+            self._answer_ping(message, writer, connection)
+            return
+        tag = message[0]
+        if not isinstance(tag, str):
+            raise ProtocolError("the tag must be a string")
+        if connection.policy is None:
+            connection.policy = self._anonymous_policy(tag)
+            connection.anonymous = True
+        chunk, option = self._decode(message)
+        connection.messages += 1
+        connection.entries += chunk.count
+        chunk_id = option.get("chunk") if option else None
+        if chunk_id is not None and not isinstance(chunk_id, str | bytes):
+            raise ProtocolError("option chunk must be a string")
+        key = forward_chunk_key(_as_bytes(chunk_id)) if chunk_id is not None else NO_KEY
+        try:
+            durable = stream_for(self.store, connection.policy, tag).append(chunk, key)
+        except (TagRejected, StreamKindError) as error:
+            raise ProtocolError(str(error)) from None
+        await slots.acquire()
+        task = asyncio.create_task(self._ack(durable, chunk_id, writer, connection, slots))
+        in_flight.add(task)
+        task.add_done_callback(in_flight.discard)
+
+    async def _ack(
+        self,
+        durable: asyncio.Future[bool],
+        chunk_id: str | bytes | None,
+        writer: asyncio.StreamWriter,
+        connection: _Connection,
+        slots: asyncio.Semaphore,
+    ) -> None:
+        try:
+            appended = await durable
+        except StreamUnavailable as error:
+            # No ack: the client keeps the chunk and resends it.
+            log.warning("forward %s: chunk not stored, no ack: %s", connection.peer, error)
+            writer.close()
+            return
+        finally:
+            slots.release()
+        if not appended:
+            connection.duplicates += 1
+        if chunk_id is not None and not writer.is_closing():
+            writer.write(self._packer.pack({"ack": chunk_id}))
+            connection.acks += 1
+
+    def _decode(self, message: list) -> tuple[chunks.Chunk, dict | None]:
+        """The entries of a message in any of the four modes, validated, and its options."""
+        second = message[1]
+        try:
+            if isinstance(second, list):  # Forward
+                option = self._option(message, 3)
+                return chunks.pack_entries(second), option
+            if isinstance(second, str | bytes):  # PackedForward, maybe compressed
+                option = self._option(message, 3)
+                blob = _as_bytes(second)
+                compressed = option.get("compressed", "text") if option else "text"
+                if compressed == "gzip":
+                    blob = compression.gunzip(blob, self.max_message_bytes)
+                elif compressed == "zstd":
+                    blob = compression.unzstd(blob, self.max_message_bytes)
+                elif compressed != "text":
+                    raise ProtocolError(f"unknown compression {compressed!r}")
+                return chunks.parse_entries(blob), option
+            # Message: [tag, time, record, option?]
+            option = self._option(message, 4)
+            if len(message) < 3:
+                raise ProtocolError("a Message-mode message is [tag, time, record, option?]")
+            return chunks.pack_entries([[second, message[2]]]), option
+        except (chunks.ChunkError, compression.DecompressionError) as error:
+            raise ProtocolError(str(error)) from None
+
+    @staticmethod
+    def _option(message: list, option_position: int) -> dict | None:
+        if len(message) > option_position:
+            raise ProtocolError(f"too many elements in a message ({len(message)})")
+        if len(message) < option_position:
+            return None
+        option = message[option_position - 1]
+        if option is None:
+            return None
+        if not isinstance(option, dict):
+            raise ProtocolError("the option must be a map")
+        return option
+
+    def _anonymous_policy(self, tag: str) -> Policy:
+        for policy in self.policies.all():
+            if policy.record.anonymous_forward and policy.accepts(tag):
+                return policy
+        raise ProtocolError(f"no handshake (PING), and no anonymous-forward policy takes {tag!r}")
+
+    def _answer_ping(
+        self, message: list, writer: asyncio.StreamWriter, connection: _Connection
+    ) -> None:
+        if len(message) != 6:
+            raise ProtocolError("PING must have 6 elements")
+        _, hostname, salt, digest, username, password_digest = (
+            _as_bytes(part) if index else part for index, part in enumerate(message)
+        )
+        policy, reason = self._authenticate(
+            hostname, salt, digest.decode(errors="replace"), username, password_digest, connection
+        )
+        if policy is None:
+            writer.write(self._packer.pack(["PONG", False, reason, "", ""]))
+            raise ProtocolError(f"handshake refused: {reason}")
+        connection.policy = policy
+        server_hostname = self.hostname.encode()
+        proof = _sha512_hex(salt, server_hostname, connection.nonce, policy.shared_key.encode())
+        writer.write(self._packer.pack(["PONG", True, "", self.hostname, proof]))
+
+    def _authenticate(
+        self,
+        hostname: bytes,
+        salt: bytes,
+        digest: str,
+        username: bytes,
+        password_digest: bytes,
+        connection: _Connection,
+    ) -> tuple[Policy | None, str]:
+        for policy in self.policies.all():
+            expected = _sha512_hex(salt, hostname, connection.nonce, policy.shared_key.encode())
+            if not hmac.compare_digest(expected, digest):
+                continue
+            record = policy.record
+            if policy.forward_password is not None:
+                user = record.http_user.encode()
+                wanted = _sha512_hex(connection.auth_salt, user, policy.forward_password.encode())
+                if username != user or not hmac.compare_digest(wanted.encode(), password_digest):
+                    return None, "username/password mismatch"
+                return policy, ""
+            # No user auth: out_forward sends ("", "") or ("", sha512_hex(auth salt)).
+            anonymous_digest = _sha512_hex(connection.auth_salt).encode()
+            if username == b"" and password_digest in (b"", anonymous_digest):
+                return policy, ""
+            return None, "username/password mismatch"
+        return None, "shared_key mismatch"

@@ -1,0 +1,187 @@
+"""HTTP ingest: fluent-plugin-wendelin's protocol, and an in_http-style endpoint for curl.
+
+fluent-plugin-wendelin (PROTOCOLS.md §2):
+``POST /ingestion_policies/<policy>/ingest?reference=<tag>``, also served under Wendelin's
+``/erp5/portal_ingestion_policies/<policy>/ingest`` so existing ``streamtool_uri`` settings
+work. Unlike Wendelin, a byte-identical resend is not appended twice, timestamps are kept, and
+a tag the policy does not take is refused (403) instead of dropped with a 200.
+"""
+
+import json
+import logging
+import time
+import urllib.parse
+from collections.abc import Awaitable
+
+import msgpack
+from aiohttp import web
+
+from kiln.wendelin import chunks, eventtime
+from kiln.wendelin.httputil import (
+    BodyTooLarge,
+    error,
+    read_body,
+    service_of,
+    too_large,
+    unauthorized,
+    unavailable,
+)
+from kiln.wendelin.ingest import TagRejected, ingest, ingest_http_chunk
+from kiln.wendelin.streams import StreamKindError, StreamUnavailable
+
+log = logging.getLogger(__name__)
+FORM = "application/x-www-form-urlencoded"
+
+
+async def fluentd_ingest(request: web.Request) -> web.StreamResponse:
+    service = service_of(request)
+    if service.shutting_down:
+        return unavailable("shutting down", 10)
+    policy = service.policies.get(request.match_info["policy"])
+    if policy is None:
+        return error(404, f"no ingestion policy named {request.match_info['policy']!r}")
+    account = service.authenticate(request)
+    if account is None or account.policy is None or account.policy.name != policy.name:
+        return unauthorized(f"wrong or missing credentials for policy {policy.name}")
+    tag = request.query.get("reference")
+    if not tag:
+        return error(400, "missing ?reference=<tag>")
+    limit = service.limits.max_chunk_bytes
+    try:
+        body = await read_body(request, limit)
+    except BodyTooLarge:
+        return too_large(limit)
+    try:
+        data = _data_of_form(body) if _is_form(body) else body
+    except chunks.ChunkError as problem:
+        return error(400, str(problem))
+    return await _answer(ingest_http_chunk(service.store, policy, tag, data, _entries_of_chunk))
+
+
+def _data_of_form(body: bytes) -> bytes:
+    """fluent-plugin-wendelin up to 0.4 and embulk post ``data_chunk=<url-encoded bytes>``."""
+    try:
+        return form_field(body, "data_chunk")
+    except (ValueError, UnicodeDecodeError) as problem:
+        raise chunks.ChunkError(f"malformed form body, nothing appended: {problem}") from None
+
+
+def _entries_of_chunk(data: bytes) -> chunks.Chunk:
+    """The entries of a fluentd chunk; ChunkError names the problem."""
+    try:
+        return chunks.parse_entries(data)
+    except chunks.ChunkError as problem:
+        raise chunks.ChunkError(f"malformed chunk, nothing appended: {problem}") from None
+
+
+def form_field(body: bytes, name: str) -> bytes:
+    """The bytes of one url-encoded form field (latin-1 maps each escaped byte to itself)."""
+    fields = urllib.parse.parse_qs(
+        body.decode("ascii"), keep_blank_values=True, strict_parsing=True, encoding="latin-1"
+    )
+    if name not in fields:
+        raise ValueError(f"form body without a {name} field")
+    return fields[name][0].encode("latin-1")
+
+
+def _is_form(body: bytes) -> bool:
+    """Decided by the body, not the Content-Type: Ruby's Net::HTTP labels any body as a form.
+
+    A raw chunk starts with a msgpack array marker, which no form body does.
+    """
+    starts_as_array = bool(body) and (0x90 <= body[0] <= 0x9F or body[0] in (0xDC, 0xDD))
+    return not starts_as_array and b"data_chunk=" in body
+
+
+async def _answer(appending: Awaitable[bool]) -> web.Response:
+    """204 once ``appending`` is durable (also for a retry already stored), or the refusal."""
+    try:
+        appended = await appending
+    except chunks.ChunkError as problem:
+        return error(400, str(problem))
+    except TagRejected as problem:
+        return error(403, f"{problem}; nothing appended")
+    except StreamKindError as problem:
+        return error(409, f"{problem}; send entries to another tag, nothing appended")
+    except StreamUnavailable as problem:
+        return unavailable(problem)
+    headers = {} if appended else {"X-Wendelin-Duplicate": "already stored"}
+    return web.Response(status=204, headers=headers)
+
+
+async def tag_ingest(request: web.Request) -> web.StreamResponse:
+    """``POST /tags/<tag>``, like fluentd's in_http: JSON, ndjson or msgpack records.
+
+    The policy is the one whose HTTP user authenticates. Records are timestamped with
+    ``?time=<unix seconds>`` or the arrival time.
+    """
+    service = service_of(request)
+    if service.shutting_down:
+        return unavailable("shutting down", 10)
+    account = service.authenticate(request)
+    if account is None or account.policy is None:
+        return unauthorized("send with a policy's HTTP user and password")
+    limit = service.limits.max_chunk_bytes
+    try:
+        body = await read_body(request, limit)
+        when = float(request.query["time"]) if "time" in request.query else time.time()
+        records = _decode_records(body, request.content_type)
+    except BodyTooLarge:
+        return too_large(limit)
+    except (ValueError, msgpack.UnpackException) as problem:
+        return error(400, f"malformed body, nothing appended: {problem}")
+    stamp = eventtime.pack(when)
+    try:
+        chunk = chunks.pack_entries([[stamp, record] for record in records])
+    except chunks.ChunkError as problem:
+        return error(400, f"malformed body, nothing appended: {problem}")
+    return await _answer(ingest(service.store, account.policy, request.match_info["tag"], chunk))
+
+
+def _decode_records(body: bytes, content_type: str) -> list[object]:
+    if content_type == FORM:  # in_http's json=... or msgpack=... form fields
+        if b"json=" in body:
+            return _as_records(json.loads(form_field(body, "json")))
+        if b"msgpack=" in body:
+            return _msgpack_records(form_field(body, "msgpack"))
+        raise ValueError("form body needs a json= or msgpack= field")
+    if content_type in ("application/msgpack", "application/x-msgpack"):
+        return _msgpack_records(body)
+    if content_type in ("application/x-ndjson", "application/jsonl"):
+        return [json.loads(line) for line in body.splitlines() if line.strip()]
+    return _as_records(json.loads(body))
+
+
+def _msgpack_records(body: bytes) -> list[object]:
+    """Records of one msgpack value or of several in a row, as fluentd's out_http sends
+    with ``<format> @type msgpack``: the records of a chunk, one after the other."""
+    unpacker = msgpack.Unpacker(strict_map_key=False, max_buffer_size=max(len(body), 1))
+    unpacker.feed(body)
+    records: list[object] = []
+    complete = 0  # tell() after a failed read counts the incomplete value's bytes too
+    for value in unpacker:
+        records.extend(_as_records(value))
+        complete = unpacker.tell()
+    if complete != len(body):
+        raise ValueError(f"truncated msgpack: {len(body) - complete} bytes left over")
+    return records
+
+
+def _as_records(value: object) -> list[object]:
+    if isinstance(value, dict):
+        return [value]
+    if isinstance(value, list):
+        return value
+    raise ValueError("send a record (a map) or an array of records")
+
+
+def add_routes(app: web.Application) -> None:
+    for prefix in ("/ingestion_policies", "/erp5/portal_ingestion_policies"):
+        app.router.add_post(prefix + "/{policy}/ingest", fluentd_ingest)
+        # Wendelin answers 400 to anything but POST; so do we, with a message.
+        app.router.add_route(
+            "*",
+            prefix + "/{policy}/ingest",
+            lambda request: error(400, "ingest takes POST only"),
+        )
+    app.router.add_post("/tags/{tag}", tag_ingest)

@@ -1,0 +1,89 @@
+"""One process serving HTTP (ingest, API, web pages) and the forward protocol."""
+
+import asyncio
+import logging
+import signal
+import ssl
+
+from aiohttp import web
+
+from kiln.wendelin import api, http_ingest
+from kiln.wendelin import web as pages
+from kiln.wendelin.forward import ForwardServer
+from kiln.wendelin.httputil import SERVICE, credentials, failures
+from kiln.wendelin.service import Limits, Service
+
+log = logging.getLogger(__name__)
+ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
+
+
+async def health(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    if service.shutting_down:
+        return web.Response(status=503, text="shutting down\n", headers={"Retry-After": "10"})
+    return web.Response(text="ok\n")
+
+
+def make_app(service: Service) -> web.Application:
+    # The body limit is enforced by the handlers, which stream; aiohttp's own limit only
+    # applies to request.post() forms.
+    app = web.Application(
+        middlewares=[credentials, failures], client_max_size=service.limits.max_chunk_bytes
+    )
+    app[SERVICE] = service
+    app.router.add_get("/healthz", health)
+    http_ingest.add_routes(app)
+    api.add_routes(app)
+    pages.add_routes(app)
+    return app
+
+
+def tls_context(certificate: str | None, key: str | None) -> ssl.SSLContext | None:
+    if not certificate:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certificate, key)
+    return context
+
+
+async def serve(
+    root: str,
+    listen: tuple[str, int],
+    forward_listen: tuple[str, int] | None,
+    limits: Limits,
+    http_tls: ssl.SSLContext | None = None,
+    forward_tls: ssl.SSLContext | None = None,
+) -> None:
+    service = Service(root, limits)
+    runner = web.AppRunner(
+        make_app(service), access_log_format=ACCESS_LOG_FORMAT, handle_signals=False
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, listen[0], listen[1], backlog=512, ssl_context=http_tls)
+    await site.start()
+    forward_server = None
+    if forward_listen is not None:
+        forward = ForwardServer(service.store, service.policies, limits.max_chunk_bytes)
+        forward_server = await forward.start(*forward_listen, ssl_context=forward_tls)
+    log.info(
+        "serving root %s: %s on %s:%d, forward on %s",
+        service.root,
+        "HTTPS" if http_tls else "HTTP",
+        *listen,
+        f"{forward_listen[0]}:{forward_listen[1]}" if forward_listen else "(off)",
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(number, stop.set)
+    syncing = asyncio.create_task(service.sync_catalog_forever())
+    await stop.wait()
+    log.info("shutting down: refusing new data with 503, committing what is queued")
+    service.shutting_down = True
+    service.store.start_closing()
+    if forward_server is not None:
+        forward_server.close()
+    syncing.cancel()
+    await service.close()
+    await runner.cleanup()
+    log.info("stopped")

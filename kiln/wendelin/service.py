@@ -1,0 +1,169 @@
+"""The state one `kiln wendelin serve` process holds, shared by HTTP and forward handlers."""
+
+import asyncio
+import base64
+import binascii
+import fcntl
+import logging
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from kiln.wendelin.catalog import Catalog, SQLiteCatalog, StreamRecord
+from kiln.wendelin.policies import Policy, PolicyRegistry
+from kiln.wendelin.streams import Stream, StreamStore
+
+log = logging.getLogger(__name__)
+# Set on each request by verify_credentials (None: no or wrong credentials).
+_ACCOUNT: web.RequestKey["Account | None"] = web.RequestKey("account", object)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_chunk_bytes: int = 64 << 20  # one HTTP chunk or one forward message
+    max_upload_bytes: int = 16 << 30  # a manual raw upload, streamed to disk
+    max_pending_bytes: int = 256 << 20  # queued for commit before answering 503
+    max_receiving_bytes: int = 256 << 20  # HTTP bodies being received at once, likewise
+    dedup_retention: float = 7 * 24 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """Who is asking: a policy (its streams, read and write) or a reader (every stream, read)."""
+
+    name: str
+    policy: Policy | None
+
+    def may_read(self, stream: Stream) -> bool:
+        return self.policy is None or stream.policy == self.policy.name
+
+    def may_write(self, stream: Stream) -> bool:
+        return self.policy is not None and stream.policy == self.policy.name
+
+
+class Service:
+    def __init__(
+        self, root: str, limits: Limits | None = None, catalog: Catalog | None = None
+    ) -> None:
+        self.root = os.path.abspath(root)
+        os.makedirs(self.root, exist_ok=True)
+        self._lock = _lock_root(self.root)
+        self.limits = limits or Limits()
+        # The embedded default; any Catalog (a PostgreSQL one later) can be passed instead.
+        self.catalog = catalog or SQLiteCatalog(os.path.join(self.root, "catalog.sqlite"))
+        self.policies = PolicyRegistry(self.root, self.catalog)
+        self.store = StreamStore(
+            self.root,
+            dedup_retention=self.limits.dedup_retention,
+            max_pending_bytes=self.limits.max_pending_bytes,
+        )
+        self.shutting_down = False
+        self.receiving_bytes = 0  # HTTP bodies in memory right now (see httputil.read_body)
+        self._password_checks = ThreadPoolExecutor(1, thread_name_prefix="password-check")
+
+    def authenticate(self, request: web.Request) -> Account | None:
+        """HTTP Basic against policy users, then reader accounts.
+
+        The answer ``verify_credentials`` found for this request; it never runs scrypt.
+        """
+        if _ACCOUNT in request:
+            return request[_ACCOUNT]
+        found = self._stored_hash(request)  # not through the app's middleware: cache only
+        if found is None:
+            return None
+        user, password, stored, policy = found
+        return Account(user, policy) if self.policies.is_verified(user, password, stored) else None
+
+    async def verify_credentials(self, request: web.Request) -> None:
+        """Check a request's Basic password before its handler runs, for ``authenticate``.
+
+        scrypt takes about 50 ms of CPU: on the event loop, every wrong password would stall
+        all ingest for that long, so it runs in a worker thread (one, so that a flood of
+        wrong passwords keeps one core at most). Accepted passwords are cached.
+        """
+        account = None
+        found = self._stored_hash(request)
+        if found is not None:
+            user, password, stored, policy = found
+            verified = self.policies.is_verified(user, password, stored)
+            if not verified:
+                loop = asyncio.get_running_loop()
+                verified = await loop.run_in_executor(
+                    self._password_checks, self.policies.check_password, user, password, stored
+                )
+            if verified:
+                account = Account(user, policy)
+        request[_ACCOUNT] = account
+
+    def _stored_hash(self, request: web.Request) -> tuple[str, str, str, Policy | None] | None:
+        """(user, password, stored hash, policy or None for a reader) of a known user."""
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Basic "):
+            return None
+        try:
+            user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        policy = self.policies.by_user(user)
+        if policy is not None:
+            return user, password, policy.record.password_hash, policy
+        stored = self.catalog.reader_hash(user)
+        if stored is not None:
+            return user, password, stored, None
+        return None
+
+    def readable_streams(self, account: Account) -> list[Stream]:
+        return [stream for stream in self.store if account.may_read(stream)]
+
+    def sync_catalog(self) -> None:
+        """Copy live stream statistics into the catalog, for listings from other processes."""
+        for stream in self.store:
+            stats = stream.stats
+            self.catalog.save_stream(
+                StreamRecord(
+                    stream.name,
+                    stream.policy,
+                    stream.kind,
+                    stats.size,
+                    stats.entries,
+                    None if math.isnan(stats.first_time) else stats.first_time,
+                    None if math.isnan(stats.last_time) else stats.last_time,
+                    None if math.isnan(stats.last_ingest) else stats.last_ingest,
+                )
+            )
+            stream.prune_dedup()
+
+    async def sync_catalog_forever(self, period: float = 5.0) -> None:
+        while True:
+            await asyncio.sleep(period)
+            try:
+                self.sync_catalog()
+            except Exception:
+                log.exception("catalog sync failed; retrying in %s s", period)
+
+    async def close(self) -> None:
+        self.shutting_down = True
+        await self.store.close()
+        self._password_checks.shutdown(wait=True)
+        self.sync_catalog()
+        self.catalog.close()
+        os.close(self._lock)
+
+
+class RootInUse(RuntimeError):
+    pass
+
+
+def _lock_root(root: str) -> int:
+    """One service per root: two writers would interleave their appends. The kernel drops
+    the lock when the process dies, even by SIGKILL, so a crash never leaves it behind."""
+    descriptor = os.open(os.path.join(root, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise RootInUse(f"another wendelin service is using {root}") from None
+    return descriptor

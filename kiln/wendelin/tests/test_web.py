@@ -1,0 +1,140 @@
+"""Web pages in real headless Chromium (Debian's `chromium`), with screenshots."""
+
+import os
+import shutil
+import struct
+import subprocess
+import tempfile
+
+import msgpack
+import pytest
+import requests
+
+from kiln.wendelin import eventtime
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--window-size=1280,900",
+]
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name):
+            return path
+    if os.environ.get("CI"):
+        pytest.fail("chromium is missing (Debian package `chromium`, see .ci/apt-packages.txt)")
+    pytest.skip("chromium is not installed")
+
+
+def browse(url: str, *action: str) -> subprocess.CompletedProcess[str]:
+    """Run Chromium once with a fresh profile: ``--screenshot=...`` or ``--dump-dom``."""
+    with tempfile.TemporaryDirectory() as profile:
+        return subprocess.run(
+            [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *action, url],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=True,
+        )
+
+
+def png_size(path: str) -> tuple[int, int]:
+    with open(path, "rb") as image:
+        header = image.read(24)
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", header[16:24])
+
+
+@pytest.fixture(scope="module")
+def site(deployment):
+    auth = deployment.auth()
+    body = b"".join(
+        msgpack.packb([eventtime.pack(1_700_000_000 + n), {"turbine": "T7", "rpm": 1400 + n}])
+        for n in range(60)
+    )
+    url = f"{deployment.url}/ingestion_policies/turbines/ingest?reference=sensor.web"
+    assert requests.post(url, data=body, auth=auth).status_code == 204
+    user, password = auth
+    return deployment, f"http://{user}:{password}@127.0.0.1:{deployment.server.http_port}"
+
+
+def keep(path: str) -> None:
+    """CI can collect the screenshots: WENDELIN_SCREENSHOT_DIR=... pytest ..."""
+    if directory := os.environ.get("WENDELIN_SCREENSHOT_DIR"):
+        os.makedirs(directory, exist_ok=True)
+        shutil.copy(path, directory)
+
+
+def test_overview_page_lists_policies_and_streams(site, tmp_path) -> None:
+    _, base = site
+    dom = browse(base + "/", "--dump-dom").stdout
+    assert "Ingestion policies" in dom and "sensor.**" in dom
+    assert "sensor.web" in dom and ">60<" in dom  # its entry count
+    shot = str(tmp_path / "wendelin-overview.png")
+    browse(base + "/", f"--screenshot={shot}")
+    assert png_size(shot) == (1280, 900)
+    assert os.path.getsize(shot) > 10_000  # a rendered page, not a blank image
+    keep(shot)
+
+
+def test_stream_page_shows_latest_entries_and_forms(site, tmp_path) -> None:
+    _, base = site
+    dom = browse(base + "/streams/sensor.web", "--dump-dom").stdout
+    assert "Latest entries" in dom
+    assert "&quot;rpm&quot;: 1459" in dom or '"rpm": 1459' in dom  # the newest entry
+    assert "Append an entry" in dom
+    assert "<polyline" in dom and "rpm (1410 – 1459)" in dom  # plot of the latest 50 entries
+    assert ">22:14:19 UTC</text>" in dom  # its time axis ends at the newest entry
+    shot = str(tmp_path / "wendelin-stream.png")
+    browse(base + "/streams/sensor.web", f"--screenshot={shot}")
+    assert png_size(shot) == (1280, 900)
+    keep(shot)
+
+
+def test_forms_append_and_upload_and_refuse_other_origins(site) -> None:
+    deployment, _ = site
+    auth, url = deployment.auth(), deployment.url
+    origin = {"Origin": url}
+    response = requests.post(
+        f"{url}/streams/sensor.web/append",
+        data={"record": '{"note": "from the form"}'},
+        headers=origin,
+        auth=auth,
+        allow_redirects=False,
+    )
+    assert response.status_code == 303
+    assert deployment.records("sensor.web")[-1] == {"note": "from the form"}
+    response = requests.post(
+        f"{url}/upload",
+        files=[("name", (None, "sensor.upload")), ("file", ("a.bin", b"\x00\x01" * 1000))],
+        headers=origin,
+        auth=auth,
+        allow_redirects=False,
+    )
+    assert response.status_code == 303, response.text
+    assert deployment.stream("sensor.upload")["size"] == 2000
+    foreign = requests.post(
+        f"{url}/streams/sensor.web/append",
+        data={"record": "{}"},
+        headers={"Origin": "http://evil.example"},
+        auth=auth,
+    )
+    assert foreign.status_code == 403
+
+
+def test_pages_need_credentials(site) -> None:
+    deployment, _ = site
+    response = requests.get(deployment.url + "/")
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].startswith("Basic")

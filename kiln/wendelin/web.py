@@ -1,0 +1,271 @@
+"""Web pages on the same server: policies and streams, and one page per stream.
+
+Plain server-rendered HTML (no script needed), behind the same HTTP Basic accounts as the API.
+Forms post back here and redirect (303) to the stream page. A form post must come from this
+origin, so another site cannot make a logged-in browser write.
+"""
+
+import datetime
+import html
+import json
+import math
+import time
+
+from aiohttp import web
+
+from kiln.wendelin import chunks, eventtime, plot
+from kiln.wendelin.api import describe, readable_stream, to_json_entry, writable_stream
+from kiln.wendelin.httputil import (
+    BodyTooLarge,
+    error,
+    require_account,
+    service_of,
+    too_large,
+    unavailable,
+)
+from kiln.wendelin.ingest import TagRejected, stream_for
+from kiln.wendelin.streams import RAW, StreamUnavailable
+
+LATEST_ENTRIES = 50
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.15em; margin-top: 1.6em; }
+table { border-collapse: collapse; width: 100%; }
+th, td { text-align: left; padding: .35em .7em; border-bottom: 1px solid #ddd; }
+th { background: #f3f5f7; }
+td.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+code, pre { font-family: ui-monospace, monospace; font-size: .9em; }
+pre { margin: 0; white-space: pre-wrap; word-break: break-all; }
+form { margin: .6em 0; padding: .8em; background: #f7f7f9; border: 1px solid #e3e3e8; }
+.muted { color: #777; } nav a { margin-right: 1em; }
+"""
+
+
+def _page(title: str, body: str) -> web.Response:
+    text = (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        f"<title>{html.escape(title)} · wendelin</title><style>{_STYLE}</style></head>"
+        f"<body><nav><a href='/'>wendelin</a></nav><h1>{html.escape(title)}</h1>{body}"
+        "</body></html>"
+    )
+    return web.Response(text=text, content_type="text/html")
+
+
+def _when(seconds: float | None) -> str:
+    if seconds is None or math.isnan(seconds):
+        return "<span class=muted>never</span>"
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(count)
+
+
+async def index(request: web.Request) -> web.Response:
+    service = service_of(request)
+    account = require_account(request)
+    streams = service.readable_streams(account)
+    policies = [
+        policy
+        for policy in service.policies.all()
+        if account.policy is None or policy.name == account.policy.name
+    ]
+    rows = []
+    for policy in policies:
+        owned = [stream for stream in streams if stream.policy == policy.name]
+        last = max((stream.stats.last_ingest for stream in owned), default=math.nan, key=_key)
+        rows.append(
+            f"<tr><td>{html.escape(policy.name)}</td>"
+            f"<td><code>{html.escape(policy.record.tag_pattern)}</code></td>"
+            f"<td class=n>{len(owned)}</td>"
+            f"<td class=n>{_size(sum(stream.stats.size for stream in owned))}</td>"
+            f"<td class=n>{sum(stream.stats.entries for stream in owned)}</td>"
+            f"<td>{_when(last)}</td></tr>"
+        )
+    stream_rows = [
+        f"<tr><td><a href='/streams/{html.escape(stream.name)}'>{html.escape(stream.name)}</a>"
+        f"</td><td>{html.escape(stream.policy)}</td><td>{stream.kind}</td>"
+        f"<td class=n>{_size(stream.stats.size)}</td><td class=n>{stream.stats.entries}</td>"
+        f"<td>{_when(stream.stats.first_time)}</td><td>{_when(stream.stats.last_time)}</td>"
+        f"<td>{_when(stream.stats.last_ingest)}</td></tr>"
+        for stream in streams
+    ]
+    upload = ""
+    if account.policy is not None:
+        upload = (
+            "<h2>Upload a file as a new raw stream</h2>"
+            "<form method=post action='/upload' enctype='multipart/form-data'>"
+            "<label>Stream name <input name=name required></label> "
+            "<input type=file name=file required> <button>Upload</button></form>"
+        )
+    body = (
+        "<h2>Ingestion policies</h2><table><tr><th>policy</th><th>tag pattern</th>"
+        "<th>streams</th><th>size</th><th>entries</th><th>last ingest</th></tr>"
+        + "".join(rows)
+        + "</table><h2>Data streams</h2><table><tr><th>stream</th><th>policy</th><th>kind</th>"
+        "<th>size</th><th>entries</th><th>first time</th><th>last time</th>"
+        "<th>last ingest</th></tr>"
+        + ("".join(stream_rows) or "<tr><td colspan=8 class=muted>no streams yet</td></tr>")
+        + "</table>"
+        + upload
+    )
+    return _page("Policies and data streams", body)
+
+
+def _key(value: float) -> float:
+    return -math.inf if math.isnan(value) else value
+
+
+async def stream_page(request: web.Request) -> web.Response:
+    account = require_account(request)
+    stream = readable_stream(request, account)
+    info = describe(stream)
+    facts = "".join(
+        f"<tr><th>{label}</th><td>{value}</td></tr>"
+        for label, value in (
+            ("policy", html.escape(stream.policy)),
+            ("kind", stream.kind),
+            ("size", f"{_size(stream.stats.size)} ({stream.stats.size} bytes)"),
+            ("entries", stream.stats.entries),
+            ("chunks", stream.stats.chunks),
+            ("first time", _when(info["first_time"])),  # type: ignore[arg-type]
+            ("last time", _when(info["last_time"])),  # type: ignore[arg-type]
+            ("last ingest", _when(info["last_ingest"])),  # type: ignore[arg-type]
+        )
+    )
+    name = html.escape(stream.name)
+    body = (
+        f"<table>{facts}</table><p><a href='/api/streams/{name}/data'>download</a> · "
+        f"<a href='/api/streams/{name}/entries?format=json&amp;start=-{LATEST_ENTRIES}'>"
+        "latest entries as JSON</a></p>"
+    )
+    if stream.kind == RAW:
+        body += "<p class=muted>A raw byte stream: read it by byte range.</p>"
+    else:
+        data, _ = stream.scan_entries(max(stream.stats.entries - LATEST_ENTRIES, 0))
+        entries = [to_json_entry(entry) for entry in chunks.iter_entries(data)]
+        first_number = stream.stats.entries - len(entries)
+        rows = "".join(
+            f"<tr><td class=n>{first_number + number}</td><td>{_when(seconds)}</td>"
+            f"<td><pre>{html.escape(json.dumps(record, ensure_ascii=False))}</pre></td></tr>"
+            for number, (seconds, record) in reversed(list(enumerate(entries)))
+        )
+        chart = plot.svg(plot.numeric_series(entries))
+        if chart:
+            body += f"<h2>Recent values</h2>{chart}"
+        body += (
+            f"<h2>Latest entries</h2><table><tr><th>#</th><th>time</th><th>record</th></tr>"
+            f"{rows or '<tr><td colspan=3 class=muted>empty</td></tr>'}</table>"
+        )
+    if account.may_write(stream):
+        if stream.kind == RAW:
+            body += (
+                f"<h2>Append a file</h2><form method=post action='/streams/{name}/append' "
+                "enctype='multipart/form-data'><input type=file name=file required> "
+                "<button>Append</button></form>"
+            )
+        else:
+            body += (
+                f"<h2>Append an entry</h2><form method=post action='/streams/{name}/append'>"
+                "<label>Record (JSON) <input name=record size=60 value='{\"value\": 1}'>"
+                "</label> <button>Append</button> <span class=muted>timestamped now</span>"
+                "</form>"
+            )
+    return _page(f"Stream {stream.name}", body)
+
+
+def _same_origin(request: web.Request) -> bool:
+    origin = request.headers.get("Origin")
+    return origin is None or origin == "null" or origin.split("://", 1)[-1] == request.host
+
+
+async def append_form(request: web.Request) -> web.StreamResponse:
+    service = service_of(request)
+    account = require_account(request)
+    if not _same_origin(request):
+        return error(403, "form posted from another site")
+    stream = writable_stream(request, account)
+    try:
+        if stream.kind == RAW:
+            await stream.append_raw(_file_pieces(request, service.limits.max_upload_bytes))
+        else:
+            form = await request.post()
+            record = json.loads(str(form.get("record", "")))
+            if not isinstance(record, dict):
+                return error(400, "the record must be a JSON object")
+            entry = [[eventtime.pack(time.time()), record]]
+            await stream.append(chunks.pack_entries(entry))
+    except (ValueError, chunks.ChunkError) as problem:
+        return error(400, f"nothing appended: {problem}")
+    except BodyTooLarge:
+        return too_large(service.limits.max_upload_bytes)
+    except StreamUnavailable as problem:
+        return unavailable(problem)
+    raise web.HTTPSeeOther(f"/streams/{stream.name}")
+
+
+async def _file_pieces(request: web.Request, limit: int):
+    """The bytes of the form's ``file`` field, streamed from the multipart body."""
+    reader = await request.multipart()
+    async for part in reader:
+        if getattr(part, "name", None) != "file":
+            continue
+        total = 0
+        while piece := await part.read_chunk(1 << 20):
+            total += len(piece)
+            if total > limit:
+                raise BodyTooLarge()
+            yield piece
+        return
+    raise ValueError("the form has no file")
+
+
+async def upload_form(request: web.Request) -> web.StreamResponse:
+    service = service_of(request)
+    account = require_account(request)
+    if not _same_origin(request):
+        return error(403, "form posted from another site")
+    if account.policy is None:
+        return error(403, "readers cannot upload")
+    reader = await request.multipart()
+    name_part = await reader.next()
+    if name_part is None or getattr(name_part, "name", None) != "name":
+        return error(400, "the form must send the stream name first")
+    name = (await name_part.text()).strip()  # type: ignore[union-attr]
+    if service.store.get(name) is not None:
+        return error(409, f"stream {name!r} exists")
+    file_part = await reader.next()
+    if file_part is None or getattr(file_part, "name", None) != "file":
+        return error(400, "the form has no file")
+
+    async def pieces():
+        total = 0
+        while piece := await file_part.read_chunk(1 << 20):  # type: ignore[union-attr]
+            total += len(piece)
+            if total > service.limits.max_upload_bytes:
+                raise BodyTooLarge()
+            yield piece
+
+    try:
+        stream = stream_for(service.store, account.policy, name, RAW)
+        await stream.append_raw(pieces())
+    except TagRejected as problem:
+        return error(403, str(problem))
+    except BodyTooLarge:
+        return too_large(service.limits.max_upload_bytes)
+    except StreamUnavailable as problem:
+        return unavailable(problem)
+    raise web.HTTPSeeOther(f"/streams/{stream.name}")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/", index)
+    app.router.add_get("/streams/{name}", stream_page)
+    app.router.add_post("/streams/{name}/append", append_form)
+    app.router.add_post("/upload", upload_form)
