@@ -38,9 +38,15 @@ class LazyGroups(click.Group):
 def main(verbose: int) -> None:
     """kiln builds software releases through a signed binary cache and runs them.
 
-    Every concern is a command group: `kiln cache` for the ShaCache/ShaDir binary cache,
-    `kiln software` to build releases through it, `kiln instance` to run them, and
-    `kiln wendelin` for the data platform.  Run `kiln GROUP --help` for details.
+    Every concern is a command group that lives with its code:
+
+    \b
+      kiln cache      the ShaCache/ShaDir binary cache        (kiln/shacache)
+      kiln software   build releases through it               (kiln/software)
+      kiln instance   run built releases under supervisor     (kiln/software)
+      kiln wendelin   the data platform: ingest and streams   (kiln/wendelin)
+
+    Run `kiln GROUP --help` for details.
 
     \b
     The embedded default, on one machine:
