@@ -1,6 +1,7 @@
 """CompressedPackedForward payloads: every gzip member is read, and output is bounded."""
 
 import gzip
+import time
 
 import pytest
 import zstandard
@@ -48,3 +49,29 @@ def test_incompressible_multi_frame_zstd_keeps_every_byte() -> None:
     compressor = zstandard.ZstdCompressor()
     blob = compressor.compress(first) + compressor.compress(second)
     assert unzstd(blob, 1 << 20) == first + second
+
+
+@pytest.mark.parametrize(
+    "decompress, compress", [(gunzip, gzip.compress), (unzstd, zstandard.compress)]
+)
+def test_members_past_the_limit_are_refused(decompress, compress) -> None:
+    member = compress(b"x")
+    assert decompress(member * 5, 100, max_members=5) == b"x" * 5
+    with pytest.raises(DecompressionError, match="more than 5"):
+        decompress(member * 6, 100, max_members=6 - 1)
+
+
+@pytest.mark.parametrize(
+    "decompress, compress", [(gunzip, gzip.compress), (unzstd, zstandard.compress)]
+)
+def test_many_empty_members_cost_linear_time(decompress, compress) -> None:
+    """A megabyte of empty members took seconds (each member copied the rest of the input);
+    the work is now in proportion to the input, so 1 and 4 MiB take about 1x and 4x."""
+    member = compress(b"")
+    timings = []
+    for mebibytes in (1, 4):
+        blob = member * (mebibytes * 2**20 // len(member))
+        started = time.perf_counter()
+        assert decompress(blob, 2**20, max_members=len(blob)) == b""
+        timings.append(time.perf_counter() - started)
+    assert timings[1] < 8 * max(timings[0], 0.05), timings
