@@ -94,16 +94,67 @@ def pack_part(installed: Iterable[str], buildout_directory: Path, dest_dir: Path
                     data = member.read_bytes()
                     if needle in data and _is_binary(data):
                         binaries_with_path.append(arcname)
-                tar.add(member, arcname=arcname, recursive=False)
+                info = tar.gettarinfo(member, arcname)
+                if info.islnk():
+                    # A second name for a file seen before: store it as a file again, since
+                    # unpacking refuses hard links.
+                    info.type, info.linkname, info.size = tarfile.REGTYPE, "", member.stat().st_size
+                if info.isfile():
+                    with member.open("rb") as content:
+                        tar.addfile(info, content)
+                else:
+                    tar.addfile(info)
     return PackResult(archive, relative_paths, not binaries_with_path, binaries_with_path)
 
 
-def _check_member(member: tarfile.TarInfo) -> None:
-    parts = Path(member.name).parts
-    if member.name.startswith("/") or ".." in parts:
-        raise ArchiveError(f"unsafe member in archive: {member.name!r}")
-    if member.islnk() and (member.linkname.startswith("/") or ".." in Path(member.linkname).parts):
-        raise ArchiveError(f"unsafe hard link in archive: {member.name!r}")
+def _safe_relative(name: str, what: str) -> Path:
+    """A path inside the buildout directory: relative, no ``..``, not empty."""
+    path = Path(name)
+    if not name or path.is_absolute() or ".." in path.parts or path == Path("."):
+        raise ArchiveError(f"unsafe {what} in archive: {name!r}")
+    return path
+
+
+def _through_link(root: Path, relative: Path) -> bool:
+    """Whether a parent of ``root/relative`` is a symbolic link on disk: writing there would
+    write wherever the link points."""
+    current = root
+    for part in relative.parts[:-1]:
+        current = current / part
+        if current.is_symlink():
+            return True
+    return False
+
+
+def _check_member(member: tarfile.TarInfo, root: Path, seen: set[str]) -> None:
+    """Refuse anything but plain files, directories and symbolic links that stay put.
+
+    Checked for every archive, signed or not: a signature says who made an archive, not
+    that its maker meant well.  Symbolic links may point outside the part (a venv links the
+    machine's Python), so nothing is ever written through one: no member lies below a link,
+    and no member replaces an earlier one (a link named like a later file).
+    """
+    relative = _safe_relative(member.name, "member")
+    if not (member.isfile() or member.isdir() or member.issym()):
+        kind = "hard link" if member.islnk() else "special file"
+        raise ArchiveError(f"unsafe member in archive: {member.name!r} is a {kind}")
+    if member.issym():
+        target = Path(member.linkname)
+        if not target.is_absolute() and ".." in target.parts:
+            resolved = os.path.normpath(relative.parent / target)
+            if resolved.startswith("..") or os.path.isabs(resolved):
+                raise ArchiveError(
+                    f"unsafe link in archive: {member.name!r} -> {member.linkname!r} "
+                    "climbs out of the buildout directory"
+                )
+    name = str(relative)
+    if name in seen and not member.isdir():
+        raise ArchiveError(f"unsafe member in archive: {member.name!r} appears twice")
+    seen.add(name)
+    if _through_link(root, relative):
+        raise ArchiveError(f"unsafe member in archive: {member.name!r} lies below a link")
+    if (root / relative).is_symlink() and not member.isdir():
+        raise ArchiveError(f"unsafe member in archive: {member.name!r} would replace a link")
 
 
 def unpack_part(
@@ -124,7 +175,12 @@ def unpack_part(
             f"the cached part embeds its build directory {built_in} in binary files "
             f"and cannot be moved to {root}"
         )
-    targets = [root / p for p in paths]
+    # ``paths`` come from the entry's metadata: they name what gets deleted, so they are held
+    # to the same rules as members.
+    targets = [root / _safe_relative(p, "installed path") for p in paths]
+    for target in targets:
+        if _through_link(root, target.relative_to(root)):
+            raise ArchiveError(f"unsafe installed path in archive: {target} lies below a link")
     for target in targets:
         if target.is_symlink() or target.is_file():
             target.unlink()
@@ -137,8 +193,9 @@ def unpack_part(
         decompressor.stream_reader(raw) as stream,
         tarfile.open(fileobj=stream, mode="r|") as tar,
     ):
+        seen: set[str] = set()
         for member in tar:
-            _check_member(member)
+            _check_member(member, root, seen)
             tar.extract(member, path=root, filter="tar")
             extracted.append(root / member.name)
     if str(root) != built_in:

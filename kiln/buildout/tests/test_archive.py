@@ -83,3 +83,104 @@ def test_archive_with_path_traversal_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ArchiveError, match="unsafe"):
         unpack_part(archive, [], target, str(target), True)
     assert not (tmp_path / "escape.txt").exists()
+
+
+def crafted_archive(path: Path, members: list[tuple[str, str, str | bytes]]) -> Path:
+    """An archive of ``(kind, name, data-or-link-target)`` members, as an attacker makes it."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for kind, name, payload in members:
+            info = tarfile.TarInfo(name)
+            if kind == "file":
+                assert isinstance(payload, bytes)
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+                continue
+            info.type = {
+                "dir": tarfile.DIRTYPE,
+                "symlink": tarfile.SYMTYPE,
+                "hardlink": tarfile.LNKTYPE,
+                "fifo": tarfile.FIFOTYPE,
+            }[kind]
+            info.linkname = str(payload)
+            tar.addfile(info)
+    path.write_bytes(zstandard.ZstdCompressor().compress(buffer.getvalue()))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("members", "reason"),
+    [
+        # A link to a directory outside, then a file written through it.
+        (
+            [("symlink", "parts/x", "{outside}"), ("file", "parts/x/victim", b"owned")],
+            "below a link",
+        ),
+        # A link to a file outside, then a hard link or a file of the same name.
+        (
+            [("symlink", "parts/x", "{outside}/victim"), ("hardlink", "parts/y", "parts/x")],
+            "hard link",
+        ),
+        ([("symlink", "parts/x", "{outside}/victim"), ("file", "parts/x", b"owned")], "twice"),
+        ([("file", "/etc/kiln-test", b"x")], "unsafe member"),
+        ([("symlink", "parts/up", "../../../outside")], "climbs out"),
+        ([("fifo", "parts/pipe", "")], "special file"),
+    ],
+)
+def test_crafted_archives_are_refused_and_write_nothing_outside(
+    tmp_path: Path, members: list, reason: str
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim").write_text("intact")
+    members = [
+        (k, n, p.replace("{outside}", str(outside)) if isinstance(p, str) else p)
+        for k, n, p in members
+    ]
+    archive = crafted_archive(tmp_path / "evil.tar.zst", members)
+    target = tmp_path / "sw"
+    (target / "parts").mkdir(parents=True)
+    with pytest.raises(ArchiveError, match=reason):
+        unpack_part(archive, [], target, str(target), True)
+    assert (outside / "victim").read_text() == "intact"
+    assert sorted(p.name for p in outside.iterdir()) == ["victim"]
+
+
+@pytest.mark.parametrize("paths", [["/abs"], ["../dir"], ["parts/../../dir"], [""]])
+def test_installed_paths_from_metadata_cannot_name_anything_outside(
+    tmp_path: Path, paths: list[str]
+) -> None:
+    keep = tmp_path / "dir"
+    keep.mkdir()
+    (keep / "file").write_text("intact")
+    archive = crafted_archive(tmp_path / "a.tar.zst", [("file", "parts/ok", b"ok")])
+    target = tmp_path / "sw"
+    target.mkdir()
+    with pytest.raises(ArchiveError, match="installed path"):
+        unpack_part(archive, paths, target, str(target), True)
+    assert (keep / "file").read_text() == "intact"
+
+
+def test_installed_paths_below_a_link_are_not_deleted(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    (outside / "dir").mkdir(parents=True)
+    target = tmp_path / "sw"
+    (target / "parts").mkdir(parents=True)
+    (target / "parts" / "link").symlink_to(outside)
+    archive = crafted_archive(tmp_path / "a.tar.zst", [("file", "parts/ok", b"ok")])
+    with pytest.raises(ArchiveError, match="below a link"):
+        unpack_part(archive, ["parts/link/dir"], target, str(target), True)
+    assert (outside / "dir").is_dir()
+
+
+def test_hard_links_in_a_part_are_packed_as_files(tmp_path: Path) -> None:
+    built = tmp_path / "a"
+    part = built / "parts" / "tool"
+    part.mkdir(parents=True)
+    (part / "one").write_bytes(b"same inode")
+    os.link(part / "one", part / "two")
+    packed = pack_part([str(part)], built, tmp_path)
+    other = tmp_path / "b"
+    other.mkdir()
+    unpack_part(packed.archive, packed.paths, other, str(built.resolve()), True)
+    assert (other / "parts" / "tool" / "two").read_bytes() == b"same inode"
