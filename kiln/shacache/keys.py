@@ -290,7 +290,12 @@ class TrustList:
     def _verify_legacy(self, b64: str, data: bytes) -> Verdict:
         if not self.certificates:
             return Verdict(False, "legacy RSA signature, but no certificate is trusted")
-        signature = base64.b64decode(b64)
+        try:
+            # validate=True: a token of base64 letters but a wrong length ("abcde") is a
+            # malformed signature to skip with a reason, never an exception for the caller.
+            signature = base64.b64decode(b64, validate=True)
+        except (binascii.Error, ValueError):
+            return Verdict(False, "legacy RSA signature is not valid base64")
         for certificate in self.certificates:
             public = certificate.public_key()
             assert isinstance(public, rsa.RSAPublicKey)

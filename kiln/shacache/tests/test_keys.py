@@ -102,3 +102,21 @@ def test_malformed_public_keys_are_named_in_the_error(bad: str) -> None:
 )
 def test_signature_field_format(field: str, valid: bool) -> None:
     assert is_valid_signature_field(field) is valid
+
+
+@pytest.mark.parametrize("bad", ["abcde", "a", "AAAA=AAA", "abc!", "AAAA AAAAA"])
+def test_a_malformed_legacy_signature_is_skipped_with_a_reason(bad: str) -> None:
+    """An upload user could store `abcde` as a signature; a client that trusts legacy
+    certificates must skip that entry, not crash (it raised binascii.Error before)."""
+    legacy = generate_legacy_rsa_key("node")
+    assert legacy.certificate_pem
+    trust = TrustList.from_texts([legacy.certificate_pem])
+    verdict = trust.verify(METADATA, bad)
+    assert not verdict.trusted and verdict.reason
+
+
+def test_a_good_signature_beside_a_truncated_one_still_counts() -> None:
+    legacy = generate_legacy_rsa_key("node")
+    assert legacy.certificate_pem
+    trust = TrustList.from_texts([legacy.certificate_pem])
+    assert trust.verify(METADATA, f"abcde {sign_metadata(METADATA, [legacy])}").trusted
