@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 from kiln.shacache.keys import is_valid_signature_field
 
-SHA512_HEX = re.compile(r"^[0-9a-f]{128}$")
+SHA512_HEX = re.compile(r"^[0-9a-f]{128}\Z")
 # Real keys look like "file-urlmd5:<md5>", "pypi:name=version" or "kiln-part:<hash>"; the
 # legacy client puts them in the URL path unencoded, so only path-safe characters are allowed.
-DIR_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._:=+,@~-]{0,511}$")
+DIR_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._:=+,@~-]{0,511}\Z")
 MAX_METADATA_BYTES = 32 * 1024
 MAX_ENTRY_BYTES = 64 * 1024
 

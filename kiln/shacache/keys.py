@@ -30,10 +30,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.x509.oid import NameOID
 
-KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 _B64 = r"[A-Za-z0-9+/]+={0,2}"
-ED25519_TOKEN = re.compile(rf"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{{0,63}}):(?P<b64>{_B64})$")
-LEGACY_TOKEN = re.compile(rf"^{_B64}$")
+ED25519_TOKEN = re.compile(rf"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{{0,63}}):(?P<b64>{_B64})\Z")
+LEGACY_TOKEN = re.compile(rf"^{_B64}\Z")
 PEM_CERTIFICATE = re.compile(
     r"-----BEGIN CERTIFICATE-----\s.*?-----END CERTIFICATE-----", re.DOTALL
 )

@@ -32,7 +32,7 @@ from kiln.wendelin.ingest import TagRejected, stream_for
 from kiln.wendelin.service import Account
 from kiln.wendelin.streams import ENTRIES, RAW, Stream, StreamKindError, StreamUnavailable
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)\Z")
 MAX_ENTRIES_PER_PAGE = 100_000
 
 

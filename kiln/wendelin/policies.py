@@ -23,7 +23,7 @@ from kiln.wendelin.catalog import Catalog, PolicyRecord
 # Re-exported: `kiln wendelin policy` and the tests hash and check passwords through here.
 __all__ = ["hash_password", "verify_password"]
 
-POLICY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+POLICY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 ENTRIES = "entries"
 RAW = "raw"
-STREAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+STREAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}\Z")
 NO_KEY = bytes(32)
 # Content keys (see content_key) start with this; the rest of a key is a chunk id's hash.
 _CONTENT_KEY_TAG = b"content/xxh3-128"

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from kiln.shacache.entries import InvalidEntry, check_dir_key, parse_entry_body
+from kiln.shacache.entries import InvalidEntry, check_dir_key, is_sha512, parse_entry_body
 
 pytestmark = pytest.mark.unit
 
@@ -48,3 +48,11 @@ def test_real_keys_are_accepted(key: str) -> None:
 def test_path_like_keys_are_refused(key: str) -> None:
     with pytest.raises(InvalidEntry):
         check_dir_key(key)
+
+
+@pytest.mark.parametrize("text", ["pypi:foo=1\n", "ok\nevil", "a" * 128 + "\n"])
+def test_a_trailing_newline_is_not_part_of_a_valid_name(text: str) -> None:
+    """`$` matches before a final newline; names must not end with one."""
+    with pytest.raises(InvalidEntry):
+        check_dir_key(text)
+    assert not is_sha512(text)
