@@ -1,6 +1,6 @@
 """The ShaCache + ShaDir HTTP server (``kiln cache serve``).
 
-Wire format: see PROTOCOLS.md §1.  ``/shacache`` holds blobs named by their sha512,
+Wire format: see docs/protocols/shacache.md.  ``/shacache`` holds blobs named by their sha512,
 ``/shadir/<key>`` holds signed entries.  Beyond the reference servers, this one re-hashes
 every blob, writes atomically, validates entries, keeps them append-only, can verify
 signatures against its own trust list, and authenticates every upload.

@@ -1,8 +1,8 @@
 """A small fluentd forward-protocol client: handshake, every mode, acks, heartbeats.
 
-It speaks what fluentd's out_forward speaks (PROTOCOLS.md §3) and is used by the tests and the
-benchmark as a peer, and by anyone who wants to send from Python with acknowledgements
-(fluent-logger sends Message mode without acks or handshake).
+It speaks what fluentd's out_forward speaks (docs/protocols/fluentd-forward.md, "What fluentd
+1.16 sends") and is used by the tests and the benchmark as a peer (fluent-logger sends Message
+mode without acks or handshake).
 """
 
 import base64

@@ -1,4 +1,4 @@
-"""The fluentd forward protocol v1 server (TCP, optionally TLS): see PROTOCOLS.md §3.
+"""The fluentd forward protocol v1 server (TCP, optionally TLS): docs/protocols/fluentd-forward.md.
 
 Every connection starts with HELO; the PING's shared-key digest tells which policy the client
 belongs to. Message, Forward, PackedForward and CompressedPackedForward (gzip, zstd) are

@@ -1,6 +1,6 @@
 """HTTP ingest: fluent-plugin-wendelin's protocol, and an in_http-style endpoint for curl.
 
-fluent-plugin-wendelin (PROTOCOLS.md §2):
+fluent-plugin-wendelin (docs/protocols/wendelin-http.md):
 ``POST /ingestion_policies/<policy>/ingest?reference=<tag>``, also served under Wendelin's
 ``/erp5/portal_ingestion_policies/<policy>/ingest`` so existing ``streamtool_uri`` settings
 work. Unlike Wendelin, a byte-identical resend is not appended twice, timestamps are kept, and
