@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from kiln.wendelin.catalog import Catalog, SQLiteCatalog, StreamRecord
+from kiln.wendelin.catalog import Catalog, StreamRecord, open_catalog
 from kiln.wendelin.policies import Policy, PolicyRegistry
 from kiln.wendelin.streams import Stream, StreamStore
 
@@ -53,7 +53,7 @@ class Service:
         self._lock = _lock_root(self.root)
         self.limits = limits or Limits()
         # The embedded default; any Catalog (a PostgreSQL one later) can be passed instead.
-        self.catalog = catalog or SQLiteCatalog(os.path.join(self.root, "catalog.sqlite"))
+        self.catalog = catalog or open_catalog(self.root)
         self.policies = PolicyRegistry(self.root, self.catalog)
         self.store = StreamStore(
             self.root,
