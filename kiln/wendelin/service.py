@@ -14,6 +14,7 @@ from aiohttp import web
 
 from kiln.wendelin.catalog import Catalog, StreamRecord, open_catalog
 from kiln.wendelin.policies import Policy, PolicyRegistry
+from kiln.wendelin.router import Router
 from kiln.wendelin.streams import Stream, StreamStore
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ class Account:
 
 
 class Service:
+    """Policies and accounts, the streams' read side, and the router that writes them."""
+
     def __init__(
         self, root: str, limits: Limits | None = None, catalog: Catalog | None = None
     ) -> None:
@@ -55,12 +58,14 @@ class Service:
         # The embedded default; any Catalog (a PostgreSQL one later) can be passed instead.
         self.catalog = catalog or open_catalog(self.root)
         self.policies = PolicyRegistry(self.root, self.catalog)
-        self.store = StreamStore(
+        self._store = StreamStore(
             self.root,
             dedup_retention=self.limits.dedup_retention,
             max_pending_bytes=self.limits.max_pending_bytes,
         )
-        self.shutting_down = False
+        # Handlers read through ``streams`` and write through ``router`` only.
+        self.streams = self._store
+        self.router = Router(self._store)
         self.receiving_bytes = 0  # HTTP bodies in memory right now (see httputil.read_body)
         self._password_checks = ThreadPoolExecutor(1, thread_name_prefix="password-check")
 
@@ -115,12 +120,20 @@ class Service:
             return user, password, stored, None
         return None
 
+    @property
+    def shutting_down(self) -> bool:
+        return self.router.closing
+
+    def start_closing(self) -> None:
+        """Refuse new data (503, forward: no ack); what is queued still commits."""
+        self.router.start_closing()
+
     def readable_streams(self, account: Account) -> list[Stream]:
-        return [stream for stream in self.store if account.may_read(stream)]
+        return [stream for stream in self.streams if account.may_read(stream)]
 
     def sync_catalog(self) -> None:
         """Copy live stream statistics into the catalog, for listings from other processes."""
-        for stream in self.store:
+        for stream in self.streams:
             stats = stream.stats
             self.catalog.save_stream(
                 StreamRecord(
@@ -145,8 +158,8 @@ class Service:
                 log.exception("catalog sync failed; retrying in %s s", period)
 
     async def close(self) -> None:
-        self.shutting_down = True
-        await self.store.close()
+        self.start_closing()
+        await self._store.close()
         self._password_checks.shutdown(wait=True)
         self.sync_catalog()
         self.catalog.close()

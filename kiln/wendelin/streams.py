@@ -45,6 +45,7 @@ import xxhash
 
 from kiln.common.durable import fsync_directory
 from kiln.wendelin.chunks import Chunk
+from kiln.wendelin.refusals import Conflict, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +67,11 @@ _CRC_SPAN = _RECORD.size - 4
 _TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ENOMEM}
 
 
-class StreamUnavailable(Exception):
-    """A transient refusal (full disk, overload, shutting down): retry after ``retry_after``."""
-
-    def __init__(self, reason: str, retry_after: int = 5) -> None:
-        super().__init__(reason)
-        self.retry_after = retry_after
+class StreamUnavailable(Unavailable):
+    """The store cannot take data now (full disk, overload, shutting down): retry later."""
 
 
-class StreamKindError(ValueError):
+class StreamKindError(Conflict):
     """The operation does not fit the stream's kind (entries into a raw stream or back)."""
 
 
