@@ -16,13 +16,13 @@ from aiohttp import web
 
 from kiln.wendelin import chunks, eventtime
 from kiln.wendelin.httputil import Failure, error, readable_stream, require_account, service_of
-from kiln.wendelin.streams import Stream
+from kiln.wendelin.stream_reader import StreamReader
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 MAX_ENTRIES_PER_PAGE = 100_000
 
 
-def describe(stream: Stream) -> dict[str, object]:
+def describe(stream: StreamReader) -> dict[str, object]:
     stats = stream.stats
 
     def optional(value: float) -> float | None:

@@ -17,7 +17,7 @@ from kiln.wendelin.refusals import (
     Unavailable,
 )
 from kiln.wendelin.service import Account, Service
-from kiln.wendelin.streams import Stream
+from kiln.wendelin.stream_reader import StreamReader
 
 SERVICE: web.AppKey[Service] = web.AppKey("service", Service)
 REALM = 'Basic realm="wendelin"'
@@ -88,7 +88,7 @@ def require_account(request: web.Request) -> Account:
     return account
 
 
-def readable_stream(request: web.Request, account: Account) -> Stream:
+def readable_stream(request: web.Request, account: Account) -> StreamReader:
     """The stream named in the path, if ``account`` may read it (404 otherwise)."""
     stream = service_of(request).streams.get(request.match_info["name"])
     if stream is None or not account.may_read(stream):
@@ -96,7 +96,7 @@ def readable_stream(request: web.Request, account: Account) -> Stream:
     return stream
 
 
-def writable_stream(request: web.Request, account: Account) -> tuple[Stream, Policy]:
+def writable_stream(request: web.Request, account: Account) -> tuple[StreamReader, Policy]:
     """The stream named in the path and the policy that writes it, if ``account`` is it."""
     stream = readable_stream(request, account)
     if account.policy is None or not account.may_write(stream):

@@ -24,9 +24,9 @@ from kiln.wendelin.streams import (
     ENTRIES,
     NO_KEY,
     RAW,
-    Stream,
+    StoreWriter,
     StreamKindError,
-    StreamStore,
+    StreamWriter,
     check_stream_name,
 )
 
@@ -45,7 +45,7 @@ def retry_key(chunk_id: bytes) -> bytes:
 class Router:
     """Routes emitted data to streams within the sender's policy; the store's only writer."""
 
-    def __init__(self, store: StreamStore) -> None:
+    def __init__(self, store: StoreWriter) -> None:
         self._store = store
         self.closing = False
 
@@ -98,7 +98,7 @@ class Router:
         stream = stream or self._store.open_or_create(name, policy.name, RAW)
         return await stream.append_raw(pieces)
 
-    def _entry_stream(self, policy: Policy, tag: str) -> Stream:
+    def _entry_stream(self, policy: Policy, tag: str) -> StreamWriter:
         self.refuse_if_closing()
         stream = self._stream_of(policy, tag)
         if stream is None:
@@ -106,7 +106,7 @@ class Router:
         _check_entries(stream)
         return stream
 
-    def _stream_of(self, policy: Policy, tag: str) -> Stream | None:
+    def _stream_of(self, policy: Policy, tag: str) -> StreamWriter | None:
         """The stream ``policy`` writes ``tag`` to if it exists; TagRejected if it may not."""
         if not policy.accepts(tag):
             raise _rejected(
@@ -117,7 +117,7 @@ class Router:
             check_stream_name(tag)
         except ValueError as error:
             raise _rejected(str(error)) from None
-        stream = self._store.get(tag)
+        stream = self._store.writer(tag)
         if stream is not None and stream.policy != policy.name:
             raise _rejected(f"stream {tag!r} belongs to policy {stream.policy}, not {policy.name}")
         return stream
@@ -127,7 +127,7 @@ def _rejected(reason: str) -> TagRejected:
     return TagRejected(f"{reason}; nothing appended")
 
 
-def _check_entries(stream: Stream) -> None:
+def _check_entries(stream: StreamWriter) -> None:
     if stream.kind != ENTRIES:
         raise StreamKindError(
             f"stream {stream.name} holds raw bytes, not entries; "

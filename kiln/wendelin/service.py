@@ -15,7 +15,8 @@ from aiohttp import web
 from kiln.wendelin.catalog import Catalog, StreamRecord, open_catalog
 from kiln.wendelin.policies import Policy, PolicyRegistry
 from kiln.wendelin.router import Router
-from kiln.wendelin.streams import Stream, StreamStore
+from kiln.wendelin.stream_reader import StoreReader, StreamReader
+from kiln.wendelin.streams import StreamStore
 
 log = logging.getLogger(__name__)
 # Set on each request by verify_credentials (None: no or wrong credentials).
@@ -38,10 +39,10 @@ class Account:
     name: str
     policy: Policy | None
 
-    def may_read(self, stream: Stream) -> bool:
+    def may_read(self, stream: StreamReader) -> bool:
         return self.policy is None or stream.policy == self.policy.name
 
-    def may_write(self, stream: Stream) -> bool:
+    def may_write(self, stream: StreamReader) -> bool:
         return self.policy is not None and stream.policy == self.policy.name
 
 
@@ -64,7 +65,7 @@ class Service:
             max_pending_bytes=self.limits.max_pending_bytes,
         )
         # Handlers read through ``streams`` and write through ``router`` only.
-        self.streams = self._store
+        self.streams: StoreReader = self._store
         self.router = Router(self._store)
         self.receiving_bytes = 0  # HTTP bodies in memory right now (see httputil.read_body)
         self._password_checks = ThreadPoolExecutor(1, thread_name_prefix="password-check")
@@ -128,7 +129,7 @@ class Service:
         """Refuse new data (503, forward: no ack); what is queued still commits."""
         self.router.start_closing()
 
-    def readable_streams(self, account: Account) -> list[Stream]:
+    def readable_streams(self, account: Account) -> list[StreamReader]:
         return [stream for stream in self.streams if account.may_read(stream)]
 
     def sync_catalog(self) -> None:
@@ -147,7 +148,7 @@ class Service:
                     None if math.isnan(stats.last_ingest) else stats.last_ingest,
                 )
             )
-            stream.prune_dedup()
+        self._store.prune_dedup()
 
     async def sync_catalog_forever(self, period: float = 5.0) -> None:
         while True:

@@ -15,7 +15,7 @@ from aiohttp import web
 from kiln.wendelin import chunks, plot
 from kiln.wendelin.api import describe, to_json_entry
 from kiln.wendelin.httputil import readable_stream, require_account, service_of
-from kiln.wendelin.streams import RAW
+from kiln.wendelin.stream_reader import RAW
 
 LATEST_ENTRIES = 50
 _STYLE = """

@@ -23,7 +23,7 @@ from kiln.wendelin.httputil import (
 )
 from kiln.wendelin.refusals import Malformed
 from kiln.wendelin.service import Account
-from kiln.wendelin.streams import RAW
+from kiln.wendelin.stream_reader import RAW
 
 
 def _sender(request: web.Request) -> Account:

@@ -20,7 +20,7 @@ from kiln.wendelin.httputil import (
     service_of,
     writable_stream,
 )
-from kiln.wendelin.streams import RAW
+from kiln.wendelin.stream_reader import RAW
 
 
 def entries_from_body(body: bytes, content_type: str) -> chunks.Chunk:
