@@ -6,7 +6,7 @@ a stream itself. It answers the router's refusals (``refusals.py``) in its one p
 inputs through ``httputil.answer_refusal``, the forward protocol by closing without an ack.
 
 * ``http_ingest``: fluent-plugin-wendelin's ingest, and ``/tags`` for curl and out_http;
-* ``forward``: the fluentd forward protocol over TCP;
+* ``forward``: the fluentd forward protocol over TCP (``forward_handshake``: its handshake);
 * ``stream_api``: the stream API's manual append and upload;
 * ``forms``: the web pages' append and upload forms.
 """

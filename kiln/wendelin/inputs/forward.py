@@ -1,17 +1,15 @@
 """The fluentd forward protocol v1 server (TCP, optionally TLS): see PROTOCOLS.md §3.
 
 Every connection starts with HELO; the PING's shared-key digest tells which policy the client
-belongs to. Message, Forward, PackedForward and CompressedPackedForward (gzip, zstd) are
-accepted and emitted to the router; ``{"ack": chunk}`` is sent only once the chunk is fsynced,
-and a chunk id that was already committed is acknowledged again without appending. A
-malformed message or a refusal closes its connection only, after the acks already earned have
-been sent; a chunk that fails to commit gets no ack, and its connection is closed at once.
-fluentd resends every chunk that got no ack.
+belongs to (``forward_handshake``). Message, Forward, PackedForward and CompressedPackedForward
+(gzip, zstd) are accepted and emitted to the router; ``{"ack": chunk}`` is sent only once the
+chunk is fsynced, and a chunk id that was already committed is acknowledged again without
+appending. A malformed message or a refusal closes its connection only, after the acks already
+earned have been sent; a chunk that fails to commit gets no ack, and its connection is closed
+at once. fluentd resends every chunk that got no ack.
 """
 
 import asyncio
-import hashlib
-import hmac
 import logging
 import secrets
 import socket
@@ -21,6 +19,7 @@ from dataclasses import dataclass, field
 import msgpack
 
 from kiln.wendelin import chunks, compression
+from kiln.wendelin.inputs.forward_handshake import authenticate, shared_key_digest
 from kiln.wendelin.policies import Policy, PolicyRegistry
 from kiln.wendelin.refusals import Refusal, Unavailable
 from kiln.wendelin.router import Router
@@ -67,10 +66,6 @@ def _as_bytes(value: object) -> bytes:
     if isinstance(value, str):
         return value.encode("utf-8", "surrogateescape")
     raise ProtocolError(f"expected a string, got {type(value).__name__}")
-
-
-def _sha512_hex(*parts: bytes) -> str:
-    return hashlib.sha512(b"".join(parts)).hexdigest()
 
 
 class ForwardServer:
@@ -296,40 +291,19 @@ class ForwardServer:
         _, hostname, salt, digest, username, password_digest = (
             _as_bytes(part) if index else part for index, part in enumerate(message)
         )
-        policy, reason = self._authenticate(
-            hostname, salt, digest.decode(errors="replace"), username, password_digest, connection
+        policy, reason = authenticate(
+            self.policies.all(),
+            connection.nonce,
+            connection.auth_salt,
+            hostname,
+            salt,
+            digest.decode(errors="replace"),
+            username,
+            password_digest,
         )
         if policy is None:
             writer.write(self._packer.pack(["PONG", False, reason, "", ""]))
             raise ProtocolError(f"handshake refused: {reason}")
         connection.policy = policy
-        server_hostname = self.hostname.encode()
-        proof = _sha512_hex(salt, server_hostname, connection.nonce, policy.shared_key.encode())
+        proof = shared_key_digest(salt, self.hostname.encode(), connection.nonce, policy.shared_key)
         writer.write(self._packer.pack(["PONG", True, "", self.hostname, proof]))
-
-    def _authenticate(
-        self,
-        hostname: bytes,
-        salt: bytes,
-        digest: str,
-        username: bytes,
-        password_digest: bytes,
-        connection: _Connection,
-    ) -> tuple[Policy | None, str]:
-        for policy in self.policies.all():
-            expected = _sha512_hex(salt, hostname, connection.nonce, policy.shared_key.encode())
-            if not hmac.compare_digest(expected, digest):
-                continue
-            record = policy.record
-            if policy.forward_password is not None:
-                user = record.http_user.encode()
-                wanted = _sha512_hex(connection.auth_salt, user, policy.forward_password.encode())
-                if username != user or not hmac.compare_digest(wanted.encode(), password_digest):
-                    return None, "username/password mismatch"
-                return policy, ""
-            # No user auth: out_forward sends ("", "") or ("", sha512_hex(auth salt)).
-            anonymous_digest = _sha512_hex(connection.auth_salt).encode()
-            if username == b"" and password_digest in (b"", anonymous_digest):
-                return policy, ""
-            return None, "username/password mismatch"
-        return None, "shared_key mismatch"
