@@ -7,7 +7,6 @@ mode without acks or handshake).
 
 import base64
 import gzip
-import hashlib
 import os
 import secrets
 import socket
@@ -17,6 +16,12 @@ import struct
 import msgpack
 import zstandard
 
+from kiln.wendelin.inputs.forward_handshake import (
+    anonymous_password_digest,
+    password_digest,
+    shared_key_digest,
+)
+
 
 class HandshakeFailed(Exception):
     pass
@@ -25,10 +30,6 @@ class HandshakeFailed(Exception):
 def new_chunk_id() -> str:
     """Like out_forward: base64 of 16 random bytes, trailing newline included."""
     return base64.encodebytes(secrets.token_bytes(16)).decode()
-
-
-def _sha512_hex(*parts: bytes) -> str:
-    return hashlib.sha512(b"".join(parts)).hexdigest()
 
 
 class ForwardClient:
@@ -72,21 +73,21 @@ class ForwardClient:
         nonce = nonce.encode() if isinstance(nonce, str) else nonce
         auth_salt = auth_salt.encode() if isinstance(auth_salt, str) else auth_salt
         salt = os.urandom(16)
-        digest = _sha512_hex(salt, self.hostname.encode(), nonce, shared_key.encode())
+        digest = shared_key_digest(salt, self.hostname.encode(), nonce, shared_key)
         if password is not None:
-            password_digest = _sha512_hex(auth_salt, username.encode(), password.encode())
+            proof = password_digest(auth_salt, username.encode(), password)
         elif auth_salt and salted_anonymous_password:
-            password_digest = _sha512_hex(auth_salt)  # what out_forward sends without <user>
+            proof = anonymous_password_digest(auth_salt)  # what out_forward sends without <user>
         else:
-            password_digest = ""
-        self.write(["PING", self.hostname, salt, digest, username, password_digest])
+            proof = ""
+        self.write(["PING", self.hostname, salt, digest, username, proof])
         pong = self.read()
         if not isinstance(pong, list) or pong[0] != "PONG":
             raise HandshakeFailed(f"expected PONG, got {pong!r}")
         if not pong[1]:
             raise HandshakeFailed(pong[2])
         self.server_hostname = pong[3]
-        expected = _sha512_hex(salt, pong[3].encode(), nonce, shared_key.encode())
+        expected = shared_key_digest(salt, pong[3].encode(), nonce, shared_key)
         if pong[3] == self.hostname or pong[4] != expected:
             raise HandshakeFailed("the server did not prove it knows the shared key")
 

@@ -1,15 +1,13 @@
-"""The stream API: listings, byte-range and entry reads, manual append and upload.
+"""The stream API's reads: listings, byte ranges and entries. Its writes, manual append and
+upload, are an input (``inputs.stream_api``).
 
 * ``GET /api/streams`` and ``GET /api/streams/<name>``: JSON listings with statistics;
 * ``GET|HEAD /api/streams/<name>/data``: the stored bytes, whole or by ``Range``;
 * ``GET /api/streams/<name>/entries?start=&stop=&since=&until=&limit=&format=``: entries by
-  index or time, as msgpack (default) or JSON, paged with the ``X-Next-Start`` header;
-* ``POST /api/streams/<name>/append``: entries (msgpack or JSON) or raw bytes, by stream kind;
-* ``PUT /api/streams/<name>``: upload a new raw byte stream, streamed to disk.
+  index or time, as msgpack (default) or JSON, paged with the ``X-Next-Start`` header.
 """
 
 import base64
-import json
 import math
 import re
 
@@ -17,26 +15,14 @@ import msgpack
 from aiohttp import web
 
 from kiln.wendelin import chunks, eventtime
-from kiln.wendelin.httputil import (
-    BodyTooLarge,
-    Failure,
-    body_pieces,
-    error,
-    read_body,
-    require_account,
-    service_of,
-    too_large,
-    unavailable,
-)
-from kiln.wendelin.ingest import TagRejected, stream_for
-from kiln.wendelin.service import Account
-from kiln.wendelin.streams import ENTRIES, RAW, Stream, StreamKindError, StreamUnavailable
+from kiln.wendelin.httputil import Failure, error, readable_stream, require_account, service_of
+from kiln.wendelin.stream_reader import StreamReader
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)\Z")
 MAX_ENTRIES_PER_PAGE = 100_000
 
 
-def describe(stream: Stream) -> dict[str, object]:
+def describe(stream: StreamReader) -> dict[str, object]:
     stats = stream.stats
 
     def optional(value: float) -> float | None:
@@ -54,13 +40,6 @@ def describe(stream: Stream) -> dict[str, object]:
         "last_time": optional(stats.last_time),
         "last_ingest": optional(stats.last_ingest),
     }
-
-
-def readable_stream(request: web.Request, account: Account) -> Stream:
-    stream = service_of(request).store.get(request.match_info["name"])
-    if stream is None or not account.may_read(stream):
-        raise Failure(error(404, f"no stream named {request.match_info['name']!r}"))
-    return stream
 
 
 async def list_streams(request: web.Request) -> web.Response:
@@ -135,16 +114,13 @@ async def stream_entries(request: web.Request) -> web.Response:
     limit = min(_number(request, "limit") or 10_000, MAX_ENTRIES_PER_PAGE)
     if start < 0:  # negative start counts from the end, for "latest entries"
         start = max(stream.stats.entries + start, 0)
-    try:
-        data, next_start = stream.scan_entries(
-            int(start),
-            None if stop is None else int(stop),
-            -math.inf if since is None else since,
-            math.inf if until is None else until,
-            int(limit),
-        )
-    except StreamKindError as problem:
-        return error(409, str(problem))
+    data, next_start = stream.scan_entries(  # StreamKindError (409) for a raw stream
+        int(start),
+        None if stop is None else int(stop),
+        -math.inf if since is None else since,
+        math.inf if until is None else until,
+        int(limit),
+    )
     headers = {} if next_start is None else {"X-Next-Start": str(next_start)}
     if request.query.get("format") == "json":
         entries = [to_json_entry(entry) for entry in chunks.iter_entries(data)]
@@ -177,82 +153,8 @@ def _jsonable(value: object) -> object:
     return value
 
 
-def writable_stream(request: web.Request, account: Account) -> Stream:
-    stream = readable_stream(request, account)
-    if not account.may_write(stream):
-        message = f"only policy {stream.policy} may write to stream {stream.name}"
-        raise Failure(error(403, message))
-    return stream
-
-
-def entries_from_body(body: bytes, content_type: str) -> chunks.Chunk:
-    """msgpack ``[time, record]`` entries, or JSON ``{"time": t, "record": {...}}`` / a list."""
-    if content_type in ("application/json", "application/x-ndjson"):
-        items = [json.loads(line) for line in body.splitlines() if line.strip()]
-        if len(items) == 1 and isinstance(items[0], list):
-            items = items[0]
-        entries = []
-        for item in items:
-            if not isinstance(item, dict) or not isinstance(item.get("record"), dict):
-                raise chunks.ChunkError('each JSON entry must be {"time": t, "record": {...}}')
-            entries.append([eventtime.pack(float(item.get("time", 0))), item["record"]])
-        return chunks.pack_entries(entries)
-    return chunks.parse_entries(body)
-
-
-async def append(request: web.Request) -> web.Response:
-    service = service_of(request)
-    if service.shutting_down:
-        return unavailable("shutting down", 10)
-    stream = writable_stream(request, require_account(request))
-    try:
-        if stream.kind == RAW:
-            limit = service.limits.max_upload_bytes
-            await stream.append_raw(body_pieces(request, limit))
-        else:
-            limit = service.limits.max_chunk_bytes
-            chunk = entries_from_body(await read_body(request, limit), request.content_type)
-            await stream.append(chunk)
-    except BodyTooLarge:
-        return too_large(limit)
-    except (chunks.ChunkError, ValueError) as problem:
-        return error(400, f"malformed body, nothing appended: {problem}")
-    except StreamUnavailable as problem:
-        return unavailable(problem)
-    return web.json_response(describe(stream))
-
-
-async def upload(request: web.Request) -> web.Response:
-    """Create a raw byte stream from the body (a file, as Wendelin's Data Stream upload)."""
-    service = service_of(request)
-    if service.shutting_down:
-        return unavailable("shutting down", 10)
-    account = require_account(request)
-    if account.policy is None:
-        return error(403, "upload with a policy's credentials: readers cannot write")
-    name = request.match_info["name"]
-    if service.store.get(name) is not None:
-        return error(409, f"stream {name!r} exists; POST to /api/streams/{name}/append")
-    limit = service.limits.max_upload_bytes
-    try:
-        stream = stream_for(service.store, account.policy, name, RAW)
-        await stream.append_raw(body_pieces(request, limit))
-    except TagRejected as problem:
-        return error(403, str(problem))
-    except BodyTooLarge:
-        return too_large(limit)
-    except StreamUnavailable as problem:
-        return unavailable(problem)
-    return web.json_response(describe(stream), status=201)
-
-
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/streams", list_streams)
     app.router.add_get("/api/streams/{name}", show_stream)
-    app.router.add_put("/api/streams/{name}", upload)
     app.router.add_get("/api/streams/{name}/data", stream_data)  # GET also answers HEAD
     app.router.add_get("/api/streams/{name}/entries", stream_entries)
-    app.router.add_post("/api/streams/{name}/append", append)
-
-
-__all__ = ["ENTRIES", "add_routes", "describe"]

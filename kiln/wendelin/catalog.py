@@ -1,18 +1,20 @@
 """The catalog of policies, reader accounts and streams.
 
-``Catalog`` is the seam: the service only talks to this interface. ``SQLiteCatalog`` is the
-embedded implementation for one machine; a PostgreSQL one can replace it without touching the
-callers (the SQL is plain and the methods are small transactions).
+``Catalog`` is the seam: the service, the policy registry and the CLI only talk to this
+interface, and get the implementation from ``open_catalog``. ``SQLiteCatalog`` is the embedded
+implementation for one machine; a PostgreSQL one can replace it without touching the callers
+(the SQL is plain and the methods are small transactions).
 
 Stream statistics here are a periodically refreshed copy for listing; the stream's own index is
 the authority (see streams.py).
 """
 
+import os
 import sqlite3
 import threading
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,20 +40,55 @@ class StreamRecord:
     last_ingest: float | None
 
 
-class Catalog(Protocol):
-    def add_policy(self, policy: PolicyRecord) -> None: ...
-    def remove_policy(self, name: str) -> bool: ...
-    def policies(self) -> list[PolicyRecord]: ...
-    def add_reader(self, name: str, password_hash: str) -> None: ...
-    def reader_hash(self, name: str) -> str | None: ...
-    def save_stream(self, stream: StreamRecord) -> None: ...
-    def streams(self) -> list[StreamRecord]: ...
-    def version(self) -> int: ...
+class AlreadyExists(ValueError):
+    pass
+
+
+class Catalog(ABC):
+    """Where policies, reader accounts and the stream listing are kept, shared by the service
+    and the CLI (another process). Each method is one small transaction; safe to call from
+    several threads."""
+
+    @abstractmethod
+    def add_policy(self, policy: PolicyRecord) -> None:
+        """Add a policy; AlreadyExists if its name (or HTTP user) is taken."""
+
+    @abstractmethod
+    def remove_policy(self, name: str) -> bool:
+        """Remove a policy; False if there was none of that name."""
+
+    @abstractmethod
+    def policies(self) -> list[PolicyRecord]:
+        """Every policy, by name."""
+
+    @abstractmethod
+    def add_reader(self, name: str, password_hash: str) -> None:
+        """Add a reader account; AlreadyExists if its name is taken."""
+
+    @abstractmethod
+    def reader_hash(self, name: str) -> str | None:
+        """The stored password hash of reader ``name``, if there is one."""
+
+    @abstractmethod
+    def save_stream(self, stream: StreamRecord) -> None:
+        """Record a stream's latest statistics (added or replaced)."""
+
+    @abstractmethod
+    def streams(self) -> list[StreamRecord]:
+        """Every stream recorded, by name."""
+
+    @abstractmethod
+    def version(self) -> int:
+        """A number that changes whenever another connection (the CLI) commits a change, so
+        the service knows when to reload policies; cheap, it is asked on every lookup."""
+
+    @abstractmethod
     def close(self) -> None: ...
 
 
-class AlreadyExists(ValueError):
-    pass
+def open_catalog(root: str) -> Catalog:
+    """The catalog of the service whose state is under ``root``: the embedded one."""
+    return SQLiteCatalog(os.path.join(root, "catalog.sqlite"))
 
 
 _SCHEMA = """
@@ -82,7 +119,7 @@ create table if not exists streams (
 """
 
 
-class SQLiteCatalog:
+class SQLiteCatalog(Catalog):
     """The embedded catalog: one SQLite file in WAL mode, shared by the service and the CLI."""
 
     def __init__(self, path: str) -> None:
@@ -155,7 +192,7 @@ class SQLiteCatalog:
         return [StreamRecord(*row) for row in self._run("select * from streams order by name")]
 
     def version(self) -> int:
-        """Changes whenever another connection (the CLI) commits: cheap reload detection."""
+        # SQLite's data_version changes when another connection commits, for free.
         return self._run("pragma data_version")[0][0]
 
     def close(self) -> None:

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 import msgpack
 
 from kiln.wendelin import _entryscan, eventtime
+from kiln.wendelin.refusals import Malformed
 
 
-class ChunkError(ValueError):
-    """Input that will never be accepted; the message names the problem for the sender."""
+class ChunkError(Malformed):
+    """Entries that will never be accepted; the message names the problem for the sender."""
 
 
 @dataclass(frozen=True, slots=True)

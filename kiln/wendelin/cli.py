@@ -11,7 +11,7 @@ import sys
 import click
 
 from kiln.common.addresses import FORWARD_PORT, WENDELIN_HTTP_PORT, parse_host_port
-from kiln.wendelin.catalog import AlreadyExists, SQLiteCatalog
+from kiln.wendelin.catalog import AlreadyExists, open_catalog
 from kiln.wendelin.policies import PolicyRegistry, hash_password
 
 ROOT_OPTION = click.option(
@@ -25,7 +25,7 @@ ROOT_OPTION = click.option(
 
 def _registry(root: str) -> PolicyRegistry:
     os.makedirs(root, exist_ok=True)
-    return PolicyRegistry(root, SQLiteCatalog(os.path.join(root, "catalog.sqlite")))
+    return PolicyRegistry(root, open_catalog(root))
 
 
 @click.group()

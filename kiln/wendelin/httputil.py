@@ -1,15 +1,33 @@
 """Small helpers shared by the HTTP handlers: keys, error answers, bounded body reading."""
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
 
+import msgpack
 from aiohttp import web
 
 from kiln.common.http import error
+from kiln.wendelin.policies import Policy
+from kiln.wendelin.refusals import (
+    Conflict,
+    Malformed,
+    Refusal,
+    TagRejected,
+    TooLarge,
+    Unavailable,
+)
 from kiln.wendelin.service import Account, Service
-from kiln.wendelin.streams import StreamUnavailable
+from kiln.wendelin.stream_reader import StreamReader
 
 SERVICE: web.AppKey[Service] = web.AppKey("service", Service)
 REALM = 'Basic realm="wendelin"'
+# The HTTP status of each refusal but Unavailable (503, see answer_refusal), first match wins.
+_REFUSAL_STATUSES: tuple[tuple[type[Refusal], int], ...] = (
+    (Malformed, 400),
+    (TagRejected, 403),
+    (Conflict, 409),
+    (TooLarge, 413),
+)
 
 
 def service_of(request: web.Request) -> Service:
@@ -24,12 +42,26 @@ class Failure(Exception):
         self.response = response
 
 
+def answer_refusal(refusal: Refusal) -> web.Response:
+    """The HTTP answer to a refusal, for every HTTP input: the one place they are mapped.
+
+    503 + ``Retry-After`` for a transient one, which fluentd retries; a 4xx naming the
+    problem for the others, which fluentd reports instead of retrying.
+    """
+    if isinstance(refusal, Unavailable):
+        return unavailable(str(refusal), refusal.retry_after)
+    status = next((code for kind, code in _REFUSAL_STATUSES if isinstance(refusal, kind)), 400)
+    return error(status, str(refusal))
+
+
 @web.middleware
 async def failures(request: web.Request, handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except Failure as failure:
         return failure.response
+    except Refusal as refusal:
+        return answer_refusal(refusal)
 
 
 @web.middleware
@@ -39,9 +71,7 @@ async def credentials(request: web.Request, handler) -> web.StreamResponse:
     return await handler(request)
 
 
-def unavailable(reason: StreamUnavailable | str, retry_after: int = 5) -> web.Response:
-    if isinstance(reason, StreamUnavailable):
-        retry_after = reason.retry_after
+def unavailable(reason: str, retry_after: int) -> web.Response:
     return error(
         503, f"temporarily unavailable, retry later: {reason}", **{"Retry-After": str(retry_after)}
     )
@@ -58,8 +88,31 @@ def require_account(request: web.Request) -> Account:
     return account
 
 
-class BodyTooLarge(Exception):
-    pass
+def readable_stream(request: web.Request, account: Account) -> StreamReader:
+    """The stream named in the path, if ``account`` may read it (404 otherwise)."""
+    stream = service_of(request).streams.get(request.match_info["name"])
+    if stream is None or not account.may_read(stream):
+        raise Failure(error(404, f"no stream named {request.match_info['name']!r}"))
+    return stream
+
+
+def writable_stream(request: web.Request, account: Account) -> tuple[StreamReader, Policy]:
+    """The stream named in the path and the policy that writes it, if ``account`` is it."""
+    stream = readable_stream(request, account)
+    if account.policy is None or not account.may_write(stream):
+        message = f"only policy {stream.policy} may write to stream {stream.name}"
+        raise Failure(error(403, message))
+    return stream, account.policy
+
+
+@contextlib.contextmanager
+def decoding(refusal: str = "malformed body, nothing appended") -> Iterator[None]:
+    """Refuse a body that does not decode: an error decoding it in the block is Malformed,
+    its message after ``refusal``."""
+    try:
+        yield
+    except (ValueError, msgpack.UnpackException) as problem:
+        raise Malformed(f"{refusal}: {problem}") from None
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -69,12 +122,12 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     holding them all.
     """
     if request.content_length is not None and request.content_length > limit:
-        raise BodyTooLarge()
+        raise TooLarge(limit)
     service = service_of(request)
     budget = service.limits.max_receiving_bytes
     announced = request.content_length or 0
     if service.receiving_bytes and service.receiving_bytes + announced > budget:
-        raise Failure(unavailable("overloaded: too many bodies being received", 2))
+        raise Unavailable("overloaded: too many bodies being received", 2)
     pieces: list[bytes] = []
     received = 0
     service.receiving_bytes += announced
@@ -83,12 +136,12 @@ async def read_body(request: web.Request, limit: int) -> bytes:
             pieces.append(piece)
             received += len(piece)
             if received > limit:
-                raise BodyTooLarge()
+                raise TooLarge(limit)
             if received > announced:  # a chunked body: count it as it grows
                 service.receiving_bytes += received - announced
                 announced = received
                 if service.receiving_bytes > budget and service.receiving_bytes > announced:
-                    raise Failure(unavailable("overloaded: too many bodies being received", 2))
+                    raise Unavailable("overloaded: too many bodies being received", 2)
     finally:
         service.receiving_bytes -= announced
     # One copy into the final bytes, instead of growing a bytearray and copying it again.
@@ -96,16 +149,18 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 
 async def body_pieces(request: web.Request, limit: int) -> AsyncIterator[bytes]:
-    """The body in pieces, for uploads streamed to disk; BodyTooLarge past ``limit``."""
+    """The body in pieces, for uploads streamed to disk; TooLarge past ``limit``."""
     if request.content_length is not None and request.content_length > limit:
-        raise BodyTooLarge()
-    total = 0
-    async for piece in request.content.iter_chunked(1 << 20):
-        total += len(piece)
-        if total > limit:
-            raise BodyTooLarge()
+        raise TooLarge(limit)
+    async for piece in at_most(limit, request.content.iter_chunked(1 << 20)):
         yield piece
 
 
-def too_large(limit: int) -> web.Response:
-    return error(413, f"body larger than the limit of {limit} bytes")
+async def at_most(limit: int, pieces: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    """``pieces`` as they come, refusing (TooLarge) as soon as they pass ``limit`` bytes."""
+    total = 0
+    async for piece in pieces:
+        total += len(piece)
+        if total > limit:
+            raise TooLarge(limit)
+        yield piece

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from kiln.common.passwords import VerifiedLogins, hash_password, verify_password
-from kiln.wendelin.catalog import Catalog, PolicyRecord
+from kiln.wendelin.catalog import AlreadyExists, Catalog, PolicyRecord
 
 # Re-exported: `kiln wendelin policy` and the tests hash and check passwords through here.
 __all__ = ["hash_password", "verify_password"]
@@ -146,8 +146,6 @@ class PolicyRegistry:
     def _write_secret(self, name: str, secret: dict[str, str]) -> None:
         path = self._secret_path(name)
         if os.path.exists(path):
-            from kiln.wendelin.catalog import AlreadyExists
-
             raise AlreadyExists(f"policy {name!r} already exists")
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w") as secret_file:

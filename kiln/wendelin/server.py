@@ -7,10 +7,11 @@ import ssl
 
 from aiohttp import web
 
-from kiln.wendelin import api, http_ingest
+from kiln.wendelin import api
 from kiln.wendelin import web as pages
-from kiln.wendelin.forward import ForwardServer
 from kiln.wendelin.httputil import SERVICE, credentials, failures
+from kiln.wendelin.inputs import forms, http_ingest, stream_api
+from kiln.wendelin.inputs.forward import ForwardServer
 from kiln.wendelin.service import Limits, Service
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,8 @@ def make_app(service: Service) -> web.Application:
     app[SERVICE] = service
     app.router.add_get("/healthz", health)
     http_ingest.add_routes(app)
+    stream_api.add_routes(app)
+    forms.add_routes(app)
     api.add_routes(app)
     pages.add_routes(app)
     return app
@@ -63,7 +66,7 @@ async def serve(
     await site.start()
     forward_server = None
     if forward_listen is not None:
-        forward = ForwardServer(service.store, service.policies, limits.max_chunk_bytes)
+        forward = ForwardServer(service.router, service.policies, limits.max_chunk_bytes)
         forward_server = await forward.start(*forward_listen, ssl_context=forward_tls)
     log.info(
         "serving root %s: %s on %s:%d, forward on %s",
@@ -79,8 +82,7 @@ async def serve(
     syncing = asyncio.create_task(service.sync_catalog_forever())
     await stop.wait()
     log.info("shutting down: refusing new data with 503, committing what is queued")
-    service.shutting_down = True
-    service.store.start_closing()
+    service.start_closing()
     if forward_server is not None:
         forward_server.close()
     syncing.cancel()

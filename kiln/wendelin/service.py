@@ -12,9 +12,11 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from kiln.wendelin.catalog import Catalog, SQLiteCatalog, StreamRecord
+from kiln.wendelin.catalog import Catalog, StreamRecord, open_catalog
 from kiln.wendelin.policies import Policy, PolicyRegistry
-from kiln.wendelin.streams import Stream, StreamStore
+from kiln.wendelin.router import Router
+from kiln.wendelin.stream_reader import StoreReader, StreamReader
+from kiln.wendelin.streams import StreamStore
 
 log = logging.getLogger(__name__)
 # Set on each request by verify_credentials (None: no or wrong credentials).
@@ -37,14 +39,16 @@ class Account:
     name: str
     policy: Policy | None
 
-    def may_read(self, stream: Stream) -> bool:
+    def may_read(self, stream: StreamReader) -> bool:
         return self.policy is None or stream.policy == self.policy.name
 
-    def may_write(self, stream: Stream) -> bool:
+    def may_write(self, stream: StreamReader) -> bool:
         return self.policy is not None and stream.policy == self.policy.name
 
 
 class Service:
+    """Policies and accounts, the streams' read side, and the router that writes them."""
+
     def __init__(
         self, root: str, limits: Limits | None = None, catalog: Catalog | None = None
     ) -> None:
@@ -53,14 +57,16 @@ class Service:
         self._lock = _lock_root(self.root)
         self.limits = limits or Limits()
         # The embedded default; any Catalog (a PostgreSQL one later) can be passed instead.
-        self.catalog = catalog or SQLiteCatalog(os.path.join(self.root, "catalog.sqlite"))
+        self.catalog = catalog or open_catalog(self.root)
         self.policies = PolicyRegistry(self.root, self.catalog)
-        self.store = StreamStore(
+        self._store = StreamStore(
             self.root,
             dedup_retention=self.limits.dedup_retention,
             max_pending_bytes=self.limits.max_pending_bytes,
         )
-        self.shutting_down = False
+        # Handlers read through ``streams`` and write through ``router`` only.
+        self.streams: StoreReader = self._store
+        self.router = Router(self._store)
         self.receiving_bytes = 0  # HTTP bodies in memory right now (see httputil.read_body)
         self._password_checks = ThreadPoolExecutor(1, thread_name_prefix="password-check")
 
@@ -115,12 +121,20 @@ class Service:
             return user, password, stored, None
         return None
 
-    def readable_streams(self, account: Account) -> list[Stream]:
-        return [stream for stream in self.store if account.may_read(stream)]
+    @property
+    def shutting_down(self) -> bool:
+        return self.router.closing
+
+    def start_closing(self) -> None:
+        """Refuse new data (503, forward: no ack); what is queued still commits."""
+        self.router.start_closing()
+
+    def readable_streams(self, account: Account) -> list[StreamReader]:
+        return [stream for stream in self.streams if account.may_read(stream)]
 
     def sync_catalog(self) -> None:
         """Copy live stream statistics into the catalog, for listings from other processes."""
-        for stream in self.store:
+        for stream in self.streams:
             stats = stream.stats
             self.catalog.save_stream(
                 StreamRecord(
@@ -134,7 +148,7 @@ class Service:
                     None if math.isnan(stats.last_ingest) else stats.last_ingest,
                 )
             )
-            stream.prune_dedup()
+        self._store.prune_dedup()
 
     async def sync_catalog_forever(self, period: float = 5.0) -> None:
         while True:
@@ -145,8 +159,8 @@ class Service:
                 log.exception("catalog sync failed; retrying in %s s", period)
 
     async def close(self) -> None:
-        self.shutting_down = True
-        await self.store.close()
+        self.start_closing()
+        await self._store.close()
         self._password_checks.shutdown(wait=True)
         self.sync_catalog()
         self.catalog.close()

@@ -1,4 +1,5 @@
-"""Data streams: durable, append-only logs with exactly-once appends and group commit.
+"""Data streams, the write side: durable, append-only logs with exactly-once appends and group
+commit. The read side is ``stream_reader``; only the router (``router.py``) writes.
 
 Each stream is a directory holding:
 
@@ -23,7 +24,6 @@ it.
 """
 
 import asyncio
-import bisect
 import concurrent.futures
 import contextlib
 import errno
@@ -35,29 +35,33 @@ import re
 import struct
 import time
 import zlib
-from array import array
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import msgpack
 import xxhash
 
 from kiln.common.durable import fsync_directory
 from kiln.wendelin.chunks import Chunk
+from kiln.wendelin.refusals import Unavailable
+from kiln.wendelin.stream_reader import (
+    ENTRIES,
+    RAW,
+    CommittedChunks,
+    StoreReader,
+    StreamKindError,
+    StreamReader,
+)
 
 log = logging.getLogger(__name__)
 
-ENTRIES = "entries"
-RAW = "raw"
 STREAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}\Z")
 NO_KEY = bytes(32)
 # Content keys (see content_key) start with this; the rest of a key is a chunk id's hash.
 _CONTENT_KEY_TAG = b"content/xxh3-128"
 # Remembered chunk keys per stream (about 140 bytes each), besides the retention window.
 MAX_DEDUP_KEYS = 1_000_000
-# Chunks one entry scan looks at before answering with a cursor (bounded work per request).
-MAX_CHUNKS_PER_SCAN = 200_000
 _MAGIC = b"WDS1"
 # magic, end offset, entries in total, min time, max time, commit time, dedup key, crc32
 _RECORD = struct.Struct("<4sQQddd32sI")
@@ -66,27 +70,8 @@ _CRC_SPAN = _RECORD.size - 4
 _TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ENOMEM}
 
 
-class StreamUnavailable(Exception):
-    """A transient refusal (full disk, overload, shutting down): retry after ``retry_after``."""
-
-    def __init__(self, reason: str, retry_after: int = 5) -> None:
-        super().__init__(reason)
-        self.retry_after = retry_after
-
-
-class StreamKindError(ValueError):
-    """The operation does not fit the stream's kind (entries into a raw stream or back)."""
-
-
-@dataclass(slots=True)
-class StreamStats:
-    size: int = 0
-    entries: int = 0
-    chunks: int = 0
-    commits: int = 0  # fsyncs that committed them: chunks / commits is the group-commit batch
-    first_time: float = math.nan
-    last_time: float = math.nan
-    last_ingest: float = math.nan
+class StreamUnavailable(Unavailable):
+    """The store cannot take data now (full disk, overload, shutting down): retry later."""
 
 
 @dataclass(slots=True)
@@ -136,8 +121,9 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         offset += written
 
 
-class Stream:
-    """One data stream. Mutated only from the event loop; disk work runs in ``executor``."""
+class StreamWriter:
+    """Appends to one data stream. Mutated only from the event loop; disk work runs in
+    ``executor``. Each commit is made visible to ``reader`` once its index is fsynced."""
 
     def __init__(
         self,
@@ -157,13 +143,12 @@ class Stream:
         self._max_pending_bytes = max_pending_bytes
         self._data_fd = os.open(os.path.join(path, "data"), os.O_RDWR | os.O_CREAT, 0o640)
         self._index_fd = os.open(os.path.join(path, "index"), os.O_RDWR | os.O_CREAT, 0o640)
-        # Per committed chunk, for range, entry and time lookups.
-        self._ends = array("q")
-        self._entry_totals = array("q")
-        self._min_times = array("d")
-        self._max_times = array("d")
-        # Running maximum of _max_times: sorted, so a time query bisects past old chunks.
-        self._max_time_prefix = array("d")
+        # What is committed: only this writer adds to it, its reader only reads it.
+        self._committed = CommittedChunks()
+        self.stats = self._committed.stats
+        self.reader = StreamReader(
+            self.name, self.kind, self.policy, self._data_fd, self._committed
+        )
         # Keys of the chunks committed within the retention window: (commit time, chunk number).
         self._dedup: dict[bytes, tuple[float, int]] = {}
         self._in_flight: dict[bytes, _Pending] = {}
@@ -174,7 +159,6 @@ class Stream:
         # are serialised by running one at a time in ``_commit_pending``.
         self._write_lock = asyncio.Lock()
         self.closing = False
-        self.stats = StreamStats()
         self._recover()
 
     # -- opening ------------------------------------------------------------------------------
@@ -193,7 +177,8 @@ class Stream:
             valid += good
             if good < len(piece) or not piece:
                 break
-        committed_size = self._ends[-1] if self._ends else 0
+        ends = self._committed.ends
+        committed_size = ends[-1] if ends else 0
         if valid != index_size or data_size != committed_size:
             log.warning(
                 "stream %s: dropping a torn tail (%d index bytes, %d data bytes) from a crash",
@@ -221,28 +206,10 @@ class Stream:
                     "stream %s: data shorter than its index; keeping what is there", self.name
                 )
                 return start
-            self._remember(end, total, low, high, committed)
+            self._committed.add(end, total, low, high, committed)
             if key != NO_KEY and committed >= horizon:
-                self._dedup[key] = (committed, len(self._ends) - 1)
+                self._dedup[key] = (committed, len(self._committed.ends) - 1)
         return len(piece)
-
-    def _remember(self, end: int, total: int, low: float, high: float, committed: float) -> None:
-        self._ends.append(end)
-        self._entry_totals.append(total)
-        self._min_times.append(low)
-        self._max_times.append(high)
-        previous = self._max_time_prefix[-1] if self._max_time_prefix else -math.inf
-        self._max_time_prefix.append(previous if math.isnan(high) else max(previous, high))
-        stats = self.stats
-        stats.size = end
-        stats.entries = total
-        stats.chunks += 1
-        if committed != stats.last_ingest:  # the chunks of one commit share its time
-            stats.commits += 1
-        stats.last_ingest = committed
-        if not math.isnan(low):
-            stats.first_time = low if math.isnan(stats.first_time) else min(stats.first_time, low)
-            stats.last_time = high if math.isnan(stats.last_time) else max(stats.last_time, high)
 
     def close(self) -> None:
         os.close(self._data_fd)
@@ -307,8 +274,8 @@ class Stream:
 
     def _holds(self, number: int, data: bytes) -> bool:
         """Whether committed chunk ``number`` is exactly ``data``."""
-        begin, end = self.chunk_span(number)
-        return end - begin == len(data) and self.read(begin, len(data)) == data
+        begin, end = self.reader.chunk_span(number)
+        return end - begin == len(data) and self.reader.read(begin, len(data)) == data
 
     def _queue(
         self,
@@ -375,9 +342,9 @@ class Stream:
                 if not item.future.done():
                     item.future.set_exception(item.refusal)
         for item, record in zip(kept, records, strict=True):
-            self._remember(*record)
+            self._committed.add(*record)
             if item.key != NO_KEY:
-                self._dedup[item.key] = (record[4], len(self._ends) - 1)
+                self._dedup[item.key] = (record[4], len(self._committed.ends) - 1)
                 if self._in_flight.get(item.key) is item:
                     del self._in_flight[item.key]
             if not item.future.done():
@@ -488,7 +455,7 @@ class Stream:
                     reason = f"storage unavailable: {os.strerror(error.errno)}"
                     raise StreamUnavailable(reason, 10) from error
                 raise
-            self._remember(*records[0])
+            self._committed.add(*records[0])
             return offset - start
 
     async def drain(self) -> None:
@@ -511,95 +478,6 @@ class Stream:
             stale.append(key)
         for key in stale:
             del self._dedup[key]
-
-    # -- reading ------------------------------------------------------------------------------
-
-    def read(self, offset: int, length: int) -> bytes:
-        """Committed bytes only: a concurrent commit's tail is never visible."""
-        end = min(offset + length, self.stats.size)
-        if offset >= end:
-            return b""
-        return os.pread(self._data_fd, end - offset, offset)
-
-    def iter_bytes(self, start: int, end: int, piece: int = 1 << 20) -> Iterator[bytes]:
-        end = min(end, self.stats.size)
-        while start < end:
-            data = self.read(start, min(piece, end - start))
-            if not data:
-                return
-            start += len(data)
-            yield data
-
-    def chunk_span(self, number: int) -> tuple[int, int]:
-        return (self._ends[number - 1] if number else 0), self._ends[number]
-
-    def chunk_of_entry(self, entry: int) -> int:
-        """Number of the chunk holding entry ``entry`` (0-based, across the stream)."""
-        return bisect.bisect_right(self._entry_totals, entry)
-
-    def scan_entries(
-        self,
-        start: int = 0,
-        stop: int | None = None,
-        since: float = -math.inf,
-        until: float = math.inf,
-        limit: int = 10_000,
-        max_scan_bytes: int = 16 << 20,
-    ) -> tuple[bytes, int | None]:
-        """Stored bytes of the entries with index in [start, stop) and time in [since, until).
-
-        Returns the entries (at most ``limit``) and the index to continue from, or None when
-        the range is exhausted. Work per call is bounded by ``max_scan_bytes``, so a
-        time query over a long stream answers in pages instead of reading it whole.
-        """
-        if self.kind != ENTRIES:
-            raise StreamKindError(f"stream {self.name} holds raw bytes, not entries")
-        total = self.stats.entries
-        stop = total if stop is None else min(stop, total)
-        chunk_count = len(self._ends)
-        number = self.chunk_of_entry(start)
-        # Every chunk before the running maximum reaches `since` is too old: skip them at once.
-        number = max(number, bisect.bisect_left(self._max_time_prefix, since))
-        index = max(start, self._entry_totals[number - 1] if number else 0)
-        found: list[bytes] = []
-        scanned = 0
-        examined = 0
-        while number < chunk_count and index < stop:
-            first_entry = self._entry_totals[number - 1] if number else 0
-            examined += 1
-            if self._max_times[number] < since or self._min_times[number] >= until:
-                number += 1
-                index = max(index, self._entry_totals[number - 1])
-                if examined >= MAX_CHUNKS_PER_SCAN and number < chunk_count and index < stop:
-                    return b"".join(found), index
-                continue
-            begin, end = self.chunk_span(number)
-            data = self.read(begin, end - begin)
-            scanned += len(data)
-            unpacker = msgpack.Unpacker(raw=True, strict_map_key=False, max_buffer_size=len(data))
-            unpacker.feed(data)
-            position = 0
-            for offset, entry in enumerate(unpacker, start=first_entry):
-                next_position = unpacker.tell()
-                if offset >= index and offset < stop:
-                    seconds = _seconds(entry[0])
-                    if since <= seconds < until:
-                        found.append(data[position:next_position])
-                        if len(found) >= limit:
-                            return b"".join(found), offset + 1 if offset + 1 < stop else None
-                position = next_position
-            number += 1
-            index = max(index, self._entry_totals[number - 1])
-            if scanned >= max_scan_bytes and number < chunk_count and index < stop:
-                return b"".join(found), index
-        return b"".join(found), None
-
-
-def _seconds(value: object) -> float:
-    if type(value) is msgpack.ExtType:
-        seconds, nanos = struct.unpack(">II", value.data)  # type: ignore[attr-defined]
-        return seconds + nanos * 1e-9
-    return float(value)  # type: ignore[arg-type]
 
 
 def _passes_check(item: _Pending) -> bool:
@@ -637,8 +515,25 @@ def _pack_record(
     return head + struct.pack("<I", zlib.crc32(head))
 
 
-class StreamStore:
-    """All streams under ``root/streams``; opening a stream recovers it after a crash."""
+class StoreWriter(ABC):
+    """The streams, as the router writes them: the only way to a stream's write methods."""
+
+    @abstractmethod
+    def writer(self, name: str) -> StreamWriter | None:
+        """The writer of the stream named ``name``, if there is one."""
+
+    @abstractmethod
+    def open_or_create(self, name: str, policy: str, kind: str = ENTRIES) -> StreamWriter:
+        """The writer of stream ``name``, created for ``policy`` with ``kind`` if new."""
+
+    @abstractmethod
+    def start_closing(self) -> None:
+        """Refuse new appends (StreamUnavailable); queued ones still commit."""
+
+
+class StreamStore(StoreReader, StoreWriter):
+    """All streams under ``root/streams``, one directory each; opening a stream recovers it
+    after a crash. Readers get its ``StoreReader`` side, the router its ``StoreWriter`` side."""
 
     def __init__(
         self,
@@ -651,26 +546,35 @@ class StreamStore:
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="stream-commit")
         self._dedup_retention = dedup_retention
         self._max_pending_bytes = max_pending_bytes
-        self._streams: dict[str, Stream] = {}
+        self._streams: dict[str, StreamWriter] = {}
         for name in sorted(os.listdir(self.directory)):
             if os.path.exists(os.path.join(self.directory, name, "meta.json")):
                 self._streams[name] = self._open(name)
 
-    def _open(self, name: str) -> Stream:
-        return Stream(
+    def _open(self, name: str) -> StreamWriter:
+        return StreamWriter(
             os.path.join(self.directory, name),
             self._executor,
             self._dedup_retention,
             self._max_pending_bytes,
         )
 
-    def __iter__(self) -> Iterator[Stream]:
-        return iter(sorted(self._streams.values(), key=lambda stream: stream.name))
+    # -- StoreReader ----------------------------------------------------------------------------
 
-    def get(self, name: str) -> Stream | None:
+    def __iter__(self) -> Iterator[StreamReader]:
+        writers = sorted(self._streams.values(), key=lambda stream: stream.name)
+        return iter([stream.reader for stream in writers])
+
+    def get(self, name: str) -> StreamReader | None:
+        stream = self._streams.get(name)
+        return None if stream is None else stream.reader
+
+    # -- StoreWriter ----------------------------------------------------------------------------
+
+    def writer(self, name: str) -> StreamWriter | None:
         return self._streams.get(name)
 
-    def open_or_create(self, name: str, policy: str, kind: str = ENTRIES) -> Stream:
+    def open_or_create(self, name: str, policy: str, kind: str = ENTRIES) -> StreamWriter:
         stream = self._streams.get(name)
         if stream is not None:
             return stream
@@ -692,6 +596,13 @@ class StreamStore:
     def start_closing(self) -> None:
         for stream in self._streams.values():
             stream.closing = True
+
+    # -- the service's own ----------------------------------------------------------------------
+
+    def prune_dedup(self) -> None:
+        """Forget expired dedup keys of every stream (see StreamWriter.prune_dedup)."""
+        for stream in self._streams.values():
+            stream.prune_dedup()
 
     async def close(self) -> None:
         self.start_closing()

@@ -1,30 +1,21 @@
 """Web pages on the same server: policies and streams, and one page per stream.
 
 Plain server-rendered HTML (no script needed), behind the same HTTP Basic accounts as the API.
-Forms post back here and redirect (303) to the stream page. A form post must come from this
-origin, so another site cannot make a logged-in browser write.
+The pages only read; their forms post to an input (``inputs.forms``), which redirects (303)
+back to the stream page.
 """
 
 import datetime
 import html
 import json
 import math
-import time
 
 from aiohttp import web
 
-from kiln.wendelin import chunks, eventtime, plot
-from kiln.wendelin.api import describe, readable_stream, to_json_entry, writable_stream
-from kiln.wendelin.httputil import (
-    BodyTooLarge,
-    error,
-    require_account,
-    service_of,
-    too_large,
-    unavailable,
-)
-from kiln.wendelin.ingest import TagRejected, stream_for
-from kiln.wendelin.streams import RAW, StreamUnavailable
+from kiln.wendelin import chunks, plot
+from kiln.wendelin.api import describe, to_json_entry
+from kiln.wendelin.httputil import readable_stream, require_account, service_of
+from kiln.wendelin.stream_reader import RAW
 
 LATEST_ENTRIES = 50
 _STYLE = """
@@ -180,92 +171,6 @@ async def stream_page(request: web.Request) -> web.Response:
     return _page(f"Stream {stream.name}", body)
 
 
-def _same_origin(request: web.Request) -> bool:
-    origin = request.headers.get("Origin")
-    return origin is None or origin == "null" or origin.split("://", 1)[-1] == request.host
-
-
-async def append_form(request: web.Request) -> web.StreamResponse:
-    service = service_of(request)
-    account = require_account(request)
-    if not _same_origin(request):
-        return error(403, "form posted from another site")
-    stream = writable_stream(request, account)
-    try:
-        if stream.kind == RAW:
-            await stream.append_raw(_file_pieces(request, service.limits.max_upload_bytes))
-        else:
-            form = await request.post()
-            record = json.loads(str(form.get("record", "")))
-            if not isinstance(record, dict):
-                return error(400, "the record must be a JSON object")
-            entry = [[eventtime.pack(time.time()), record]]
-            await stream.append(chunks.pack_entries(entry))
-    except (ValueError, chunks.ChunkError) as problem:
-        return error(400, f"nothing appended: {problem}")
-    except BodyTooLarge:
-        return too_large(service.limits.max_upload_bytes)
-    except StreamUnavailable as problem:
-        return unavailable(problem)
-    raise web.HTTPSeeOther(f"/streams/{stream.name}")
-
-
-async def _file_pieces(request: web.Request, limit: int):
-    """The bytes of the form's ``file`` field, streamed from the multipart body."""
-    reader = await request.multipart()
-    async for part in reader:
-        if getattr(part, "name", None) != "file":
-            continue
-        total = 0
-        while piece := await part.read_chunk(1 << 20):
-            total += len(piece)
-            if total > limit:
-                raise BodyTooLarge()
-            yield piece
-        return
-    raise ValueError("the form has no file")
-
-
-async def upload_form(request: web.Request) -> web.StreamResponse:
-    service = service_of(request)
-    account = require_account(request)
-    if not _same_origin(request):
-        return error(403, "form posted from another site")
-    if account.policy is None:
-        return error(403, "readers cannot upload")
-    reader = await request.multipart()
-    name_part = await reader.next()
-    if name_part is None or getattr(name_part, "name", None) != "name":
-        return error(400, "the form must send the stream name first")
-    name = (await name_part.text()).strip()  # type: ignore[union-attr]
-    if service.store.get(name) is not None:
-        return error(409, f"stream {name!r} exists")
-    file_part = await reader.next()
-    if file_part is None or getattr(file_part, "name", None) != "file":
-        return error(400, "the form has no file")
-
-    async def pieces():
-        total = 0
-        while piece := await file_part.read_chunk(1 << 20):  # type: ignore[union-attr]
-            total += len(piece)
-            if total > service.limits.max_upload_bytes:
-                raise BodyTooLarge()
-            yield piece
-
-    try:
-        stream = stream_for(service.store, account.policy, name, RAW)
-        await stream.append_raw(pieces())
-    except TagRejected as problem:
-        return error(403, str(problem))
-    except BodyTooLarge:
-        return too_large(service.limits.max_upload_bytes)
-    except StreamUnavailable as problem:
-        return unavailable(problem)
-    raise web.HTTPSeeOther(f"/streams/{stream.name}")
-
-
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/", index)
     app.router.add_get("/streams/{name}", stream_page)
-    app.router.add_post("/streams/{name}/append", append_form)
-    app.router.add_post("/upload", upload_form)

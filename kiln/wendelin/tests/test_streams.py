@@ -164,7 +164,7 @@ def test_dedup_memory_is_bounded_oldest_keys_first(tmp_path, monkeypatch) -> Non
     keys = [bytes([number]) * 32 for number in range(1, 6)]
     run(append_all(str(tmp_path), [(chunk_of(n), key) for n, key in enumerate(keys)]))
     store = StreamStore(str(tmp_path))  # reopening prunes to the bound
-    stream = store.get("s")
+    stream = store.writer("s")
     assert stream is not None
 
     async def resend() -> list[bool]:

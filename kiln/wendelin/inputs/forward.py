@@ -1,15 +1,15 @@
 """The fluentd forward protocol v1 server (TCP, optionally TLS): docs/protocols/fluentd-forward.md.
 
 Every connection starts with HELO; the PING's shared-key digest tells which policy the client
-belongs to. Message, Forward, PackedForward and CompressedPackedForward (gzip, zstd) are
-accepted; ``{"ack": chunk}`` is sent only once the chunk is fsynced, and a chunk id that was
-already committed is acknowledged again without appending. A malformed message closes its
-connection only, after the acks already earned have been sent.
+belongs to (``forward_handshake``). Message, Forward, PackedForward and CompressedPackedForward
+(gzip, zstd) are accepted and emitted to the router; ``{"ack": chunk}`` is sent only once the
+chunk is fsynced, and a chunk id that was already committed is acknowledged again without
+appending. A malformed message or a refusal closes its connection only, after the acks already
+earned have been sent; a chunk that fails to commit gets no ack, and its connection is closed
+at once. fluentd resends every chunk that got no ack.
 """
 
 import asyncio
-import hashlib
-import hmac
 import logging
 import secrets
 import socket
@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 import msgpack
 
 from kiln.wendelin import chunks, compression
-from kiln.wendelin.ingest import TagRejected, forward_chunk_key, stream_for
+from kiln.wendelin.inputs.forward_handshake import authenticate, shared_key_digest
 from kiln.wendelin.policies import Policy, PolicyRegistry
-from kiln.wendelin.streams import NO_KEY, StreamKindError, StreamStore, StreamUnavailable
+from kiln.wendelin.refusals import Refusal, Unavailable
+from kiln.wendelin.router import Router
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,22 @@ class _Connection:
     entries: int = 0
     acks: int = 0
     duplicates: int = 0
+    refusal: Refusal | None = None  # the first, which closed the connection
+
+    def refused(self, refusal: Refusal) -> None:
+        self.refusal = self.refusal or refusal
+
+    def outcome(self, otherwise: str) -> str:
+        """How the connection ended, for its log line: a refusal, or ``otherwise``.
+
+        The forward answer to every refusal is the same, no ack and a closed connection,
+        after which the client resends what it could not get acknowledged.
+        """
+        if self.refusal is None:
+            return otherwise
+        if isinstance(self.refusal, Unavailable):
+            return f"closed without ack, retry later: {self.refusal}"
+        return f"closed without ack: {self.refusal}"
 
 
 def _as_bytes(value: object) -> bytes:
@@ -51,21 +68,17 @@ def _as_bytes(value: object) -> bytes:
     raise ProtocolError(f"expected a string, got {type(value).__name__}")
 
 
-def _sha512_hex(*parts: bytes) -> str:
-    return hashlib.sha512(b"".join(parts)).hexdigest()
-
-
 class ForwardServer:
     def __init__(
         self,
-        store: StreamStore,
+        router: Router,
         policies: PolicyRegistry,
         max_message_bytes: int = 64 << 20,
         max_in_flight: int = 256,
         hostname: str | None = None,
         handshake_timeout: float = 30.0,
     ) -> None:
-        self.store = store
+        self.router = router
         self.policies = policies
         self.max_message_bytes = max_message_bytes
         self.max_in_flight = max_in_flight
@@ -107,8 +120,8 @@ class ForwardServer:
             await self._read_messages(reader, writer, connection, in_flight)
         except ProtocolError as error:
             outcome = f"closed: {error}"
-        except StreamUnavailable as error:
-            outcome = f"closed without ack, retry later: {error}"
+        except Refusal as refusal:
+            connection.refused(refusal)
         except TimeoutError:  # before OSError, of which it is a subclass
             outcome = "closed: no handshake in time"
         except (OSError, asyncio.IncompleteReadError) as error:  # includes TLS errors
@@ -118,8 +131,10 @@ class ForwardServer:
                 await asyncio.gather(*in_flight, return_exceptions=True)
             writer.close()
             self._connections.discard(task)
+            outcome = connection.outcome(outcome)
             if connection.messages or not outcome.startswith("closed by peer"):
-                log.info(
+                log.log(
+                    logging.INFO if connection.refusal is None else logging.WARNING,
                     "forward %s policy=%s messages=%d entries=%d acks=%d duplicates=%d %s",
                     connection.peer,
                     connection.policy.name if connection.policy else "-",
@@ -165,7 +180,7 @@ class ForwardServer:
                         continue  # heartbeat
                     await self._handle(message, writer, connection, in_flight, slots)
             except (ValueError, msgpack.UnpackException) as error:
-                if isinstance(error, ProtocolError):
+                if isinstance(error, ProtocolError | Refusal):
                     raise
                 raise ProtocolError(f"malformed message: {error}") from None
 
@@ -194,11 +209,8 @@ class ForwardServer:
         chunk_id = option.get("chunk") if option else None
         if chunk_id is not None and not isinstance(chunk_id, str | bytes):
             raise ProtocolError("option chunk must be a string")
-        key = forward_chunk_key(_as_bytes(chunk_id)) if chunk_id is not None else NO_KEY
-        try:
-            durable = stream_for(self.store, connection.policy, tag).append(chunk, key)
-        except (TagRejected, StreamKindError) as error:
-            raise ProtocolError(str(error)) from None
+        retry_id = None if chunk_id is None else _as_bytes(chunk_id)
+        durable = self.router.emit(connection.policy, tag, chunk, retry_id)
         await slots.acquire()
         task = asyncio.create_task(self._ack(durable, chunk_id, writer, connection, slots))
         in_flight.add(task)
@@ -214,9 +226,8 @@ class ForwardServer:
     ) -> None:
         try:
             appended = await durable
-        except StreamUnavailable as error:
-            # No ack: the client keeps the chunk and resends it.
-            log.warning("forward %s: chunk not stored, no ack: %s", connection.peer, error)
+        except Refusal as refusal:  # a failed commit: no ack, the client resends the chunk
+            connection.refused(refusal)
             writer.close()
             return
         finally:
@@ -280,40 +291,19 @@ class ForwardServer:
         _, hostname, salt, digest, username, password_digest = (
             _as_bytes(part) if index else part for index, part in enumerate(message)
         )
-        policy, reason = self._authenticate(
-            hostname, salt, digest.decode(errors="replace"), username, password_digest, connection
+        policy, reason = authenticate(
+            self.policies.all(),
+            connection.nonce,
+            connection.auth_salt,
+            hostname,
+            salt,
+            digest.decode(errors="replace"),
+            username,
+            password_digest,
         )
         if policy is None:
             writer.write(self._packer.pack(["PONG", False, reason, "", ""]))
             raise ProtocolError(f"handshake refused: {reason}")
         connection.policy = policy
-        server_hostname = self.hostname.encode()
-        proof = _sha512_hex(salt, server_hostname, connection.nonce, policy.shared_key.encode())
+        proof = shared_key_digest(salt, self.hostname.encode(), connection.nonce, policy.shared_key)
         writer.write(self._packer.pack(["PONG", True, "", self.hostname, proof]))
-
-    def _authenticate(
-        self,
-        hostname: bytes,
-        salt: bytes,
-        digest: str,
-        username: bytes,
-        password_digest: bytes,
-        connection: _Connection,
-    ) -> tuple[Policy | None, str]:
-        for policy in self.policies.all():
-            expected = _sha512_hex(salt, hostname, connection.nonce, policy.shared_key.encode())
-            if not hmac.compare_digest(expected, digest):
-                continue
-            record = policy.record
-            if policy.forward_password is not None:
-                user = record.http_user.encode()
-                wanted = _sha512_hex(connection.auth_salt, user, policy.forward_password.encode())
-                if username != user or not hmac.compare_digest(wanted.encode(), password_digest):
-                    return None, "username/password mismatch"
-                return policy, ""
-            # No user auth: out_forward sends ("", "") or ("", sha512_hex(auth salt)).
-            anonymous_digest = _sha512_hex(connection.auth_salt).encode()
-            if username == b"" and password_digest in (b"", anonymous_digest):
-                return policy, ""
-            return None, "username/password mismatch"
-        return None, "shared_key mismatch"

@@ -8,35 +8,22 @@ a tag the policy does not take is refused (403) instead of dropped with a 200.
 """
 
 import json
-import logging
 import time
 import urllib.parse
-from collections.abc import Awaitable
 
 import msgpack
 from aiohttp import web
 
 from kiln.wendelin import chunks, eventtime
-from kiln.wendelin.httputil import (
-    BodyTooLarge,
-    error,
-    read_body,
-    service_of,
-    too_large,
-    unauthorized,
-    unavailable,
-)
-from kiln.wendelin.ingest import TagRejected, ingest, ingest_http_chunk
-from kiln.wendelin.streams import StreamKindError, StreamUnavailable
+from kiln.wendelin.httputil import decoding, error, read_body, service_of, unauthorized
+from kiln.wendelin.refusals import Malformed
 
-log = logging.getLogger(__name__)
 FORM = "application/x-www-form-urlencoded"
 
 
 async def fluentd_ingest(request: web.Request) -> web.StreamResponse:
     service = service_of(request)
-    if service.shutting_down:
-        return unavailable("shutting down", 10)
+    service.router.refuse_if_closing()
     policy = service.policies.get(request.match_info["policy"])
     if policy is None:
         return error(404, f"no ingestion policy named {request.match_info['policy']!r}")
@@ -46,24 +33,17 @@ async def fluentd_ingest(request: web.Request) -> web.StreamResponse:
     tag = request.query.get("reference")
     if not tag:
         return error(400, "missing ?reference=<tag>")
-    limit = service.limits.max_chunk_bytes
-    try:
-        body = await read_body(request, limit)
-    except BodyTooLarge:
-        return too_large(limit)
-    try:
-        data = _data_of_form(body) if _is_form(body) else body
-    except chunks.ChunkError as problem:
-        return error(400, str(problem))
-    return await _answer(ingest_http_chunk(service.store, policy, tag, data, _entries_of_chunk))
+    body = await read_body(request, service.limits.max_chunk_bytes)
+    data = _data_of_form(body) if _is_form(body) else body
+    return _stored(await service.router.emit_unparsed(policy, tag, data, _entries_of_chunk))
 
 
 def _data_of_form(body: bytes) -> bytes:
     """fluent-plugin-wendelin up to 0.4 and embulk post ``data_chunk=<url-encoded bytes>``."""
     try:
         return form_field(body, "data_chunk")
-    except (ValueError, UnicodeDecodeError) as problem:
-        raise chunks.ChunkError(f"malformed form body, nothing appended: {problem}") from None
+    except ValueError as problem:  # UnicodeDecodeError included
+        raise Malformed(f"malformed form body, nothing appended: {problem}") from None
 
 
 def _entries_of_chunk(data: bytes) -> chunks.Chunk:
@@ -93,18 +73,8 @@ def _is_form(body: bytes) -> bool:
     return not starts_as_array and b"data_chunk=" in body
 
 
-async def _answer(appending: Awaitable[bool]) -> web.Response:
-    """204 once ``appending`` is durable (also for a retry already stored), or the refusal."""
-    try:
-        appended = await appending
-    except chunks.ChunkError as problem:
-        return error(400, str(problem))
-    except TagRejected as problem:
-        return error(403, f"{problem}; nothing appended")
-    except StreamKindError as problem:
-        return error(409, f"{problem}; send entries to another tag, nothing appended")
-    except StreamUnavailable as problem:
-        return unavailable(problem)
+def _stored(appended: bool) -> web.Response:
+    """204 once durable, also for a retry already stored (which says so)."""
     headers = {} if appended else {"X-Wendelin-Duplicate": "already stored"}
     return web.Response(status=204, headers=headers)
 
@@ -116,26 +86,18 @@ async def tag_ingest(request: web.Request) -> web.StreamResponse:
     ``?time=<unix seconds>`` or the arrival time.
     """
     service = service_of(request)
-    if service.shutting_down:
-        return unavailable("shutting down", 10)
+    service.router.refuse_if_closing()
     account = service.authenticate(request)
     if account is None or account.policy is None:
         return unauthorized("send with a policy's HTTP user and password")
-    limit = service.limits.max_chunk_bytes
-    try:
-        body = await read_body(request, limit)
+    body = await read_body(request, service.limits.max_chunk_bytes)
+    with decoding():
         when = float(request.query["time"]) if "time" in request.query else time.time()
         records = _decode_records(body, request.content_type)
-    except BodyTooLarge:
-        return too_large(limit)
-    except (ValueError, msgpack.UnpackException) as problem:
-        return error(400, f"malformed body, nothing appended: {problem}")
-    stamp = eventtime.pack(when)
-    try:
+        stamp = eventtime.pack(when)
         chunk = chunks.pack_entries([[stamp, record] for record in records])
-    except chunks.ChunkError as problem:
-        return error(400, f"malformed body, nothing appended: {problem}")
-    return await _answer(ingest(service.store, account.policy, request.match_info["tag"], chunk))
+    tag = request.match_info["tag"]
+    return _stored(await service.router.emit(account.policy, tag, chunk))
 
 
 def _decode_records(body: bytes, content_type: str) -> list[object]:
