@@ -28,6 +28,7 @@ from kiln.shacache.keys import (
     write_secret_file,
 )
 from kiln.shacache.server import DEFAULT_MAX_BLOB, ServerConfig, serve
+from kiln.shacache.storage import open_stores
 from kiln.shacache.units import human_size, parse_duration, parse_size
 from kiln.shacache.users import CertificateAuthority, UserDatabase, UserError
 
@@ -245,10 +246,11 @@ def gc_command(root: Path, dry_run: bool, older_than: str) -> None:
         age = parse_duration(older_than)
     except ValueError as problem:
         fail(str(problem))
-    report = collect(root, min_age_seconds=age, dry_run=dry_run)
+    blobs, dirs = open_stores(root)
+    report = collect(blobs, dirs, min_age_seconds=age, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
-    for path in report.removed:
-        click.echo(f"{verb} {path.name[:16]}...")
+    for sha512 in report.removed:
+        click.echo(f"{verb} {sha512[:16]}...")
     click.echo(
         f"{verb} {len(report.removed)} blob(s), {human_size(report.freed_bytes)};"
         f" kept {report.kept} referenced, {report.too_young} younger than {older_than}"
