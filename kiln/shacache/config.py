@@ -79,6 +79,8 @@ def _trust(text: str) -> tuple[str, ...]:
             text = Path(candidate).read_text()
         except OSError as error:
             raise ValueError(f"cannot read it: {error.strerror}") from None
+    elif "\n" not in candidate and ":" not in candidate:  # neither a key nor certificates
+        raise ValueError("no such file, and not a key NAME:BASE64")
     try:
         TrustList.from_texts([text])  # every key and certificate is checked here, once
     except KeyError_ as problem:

@@ -15,7 +15,7 @@ from kiln.shacache.config import (
     networkcache_lines,
     parse_cache_config,
 )
-from kiln.shacache.keys import generate_ed25519_key
+from kiln.shacache.keys import generate_ed25519_key, generate_legacy_rsa_key
 from kiln.software.build import repository_root
 
 pytestmark = pytest.mark.unit
@@ -93,8 +93,10 @@ def test_trust_is_a_key_or_a_file_of_keys_and_adds_up(tmp_path: Path) -> None:
 
 
 def test_bad_values_are_named_with_where_they_came_from(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"--trust 'nonsense': .*NAME:BASE64"):
-        parse_cache_config(flags={"trusted_keys": ["nonsense"]})
+    with pytest.raises(ConfigError, match=r"--trust 'missing.pub': no such file, and not a key"):
+        parse_cache_config(flags={"trusted_keys": ["missing.pub"]})
+    with pytest.raises(ConfigError, match=r"--trust 'alice:\?\?': .*base64"):
+        parse_cache_config(flags={"trusted_keys": ["alice:??"]})
     with pytest.raises(ConfigError, match=r"\[networkcache\] kiln-binary-cache 'maybe': .*true"):
         parse_cache_config({"kiln-binary-cache": "maybe"})
     with pytest.raises(ConfigError, match=r"\$KILN_CACHE_URL 'cache:5080': .*http://"):
@@ -139,3 +141,16 @@ def test_the_writer_writes_what_the_parser_reads_and_never_shows_passwords(
     parser.read_string("[networkcache]\n" + "\n".join(lines))
     assert parse_cache_config(dict(parser["networkcache"])) == config
     assert "s3cret" not in repr(config) and "s3cret" not in str(config)
+
+
+def test_certificates_are_trusted_and_written_on_continuation_lines() -> None:
+    pem = generate_legacy_rsa_key("node1-signature").certificate_pem
+    assert pem is not None
+    config = parse_cache_config({"signature-certificate-list": pem, "trusted-keys": ALICE})
+    assert len(config.trust().certificates) == 1 and set(config.trust().ed25519) == {"alice"}
+    lines = networkcache_lines(config)
+    assert f"trusted-keys = {ALICE}" in lines and "    -----BEGIN CERTIFICATE-----" in lines
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string("[networkcache]\n" + "\n".join(lines))
+    again = parse_cache_config(dict(parser["networkcache"]))
+    assert len(again.trust().certificates) == 1 and set(again.trust().ed25519) == {"alice"}
