@@ -306,11 +306,11 @@ def _resolve(setting: Setting, sources: list[tuple[int, str, str]]) -> tuple[int
     """The rank of the strongest source and the value: theirs, or the sum for lists."""
     if not sources:
         return DEFAULT, setting.default
+    rank, where, text = sources[0]
     if not setting.kind.adds_up:
-        _rank, where, text = sources[0]
-        return sources[0][0], _parse(setting, where, text)
+        return rank, _parse(setting, where, text)
     parsed = [_parse(setting, where, text) for _rank, where, text in sources]
-    return sources[0][0], tuple(dict.fromkeys(item for value in parsed for item in value))
+    return rank, tuple(dict.fromkeys(item for value in parsed for item in value))
 
 
 def parse_cache_config(
