@@ -45,12 +45,12 @@ def main() -> None:
             seed_debian_package(cache.client(upload=True), spec)
         release = snapshot_repository(work / "checkout") / "software" / "wendelin"
         print("cold build (empty cache) ...", flush=True)
-        cold = build_release(release, work / "cold", cache.settings(upload=True), quiet=True)
+        cold = build_release(release, work / "cold", cache.config(upload=True), quiet=True)
         print("warm build (fresh directory) ...", flush=True)
-        warm = build_release(release, work / "warm", cache.settings(), quiet=True)
+        warm = build_release(release, work / "warm", cache.config(), quiet=True)
         print("leaf option change (zstd:optimisation=-O1) ...", flush=True)
         leaf = build_release(
-            release, work / "leaf", cache.settings(), {"zstd:optimisation": "-O1"}, quiet=True
+            release, work / "leaf", cache.config(), {"zstd:optimisation": "-O1"}, quiet=True
         )
     finally:
         cache.stop()

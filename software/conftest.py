@@ -45,5 +45,5 @@ def wendelin_cold_build(
         source_snapshot,
         "wendelin",
         tmp_path_factory.mktemp("wendelin-cold"),
-        release_cache.settings(upload=True),
+        release_cache.config(upload=True),
     )

@@ -20,6 +20,7 @@ import pytest
 from slapos.libnetworkcache import NetworkcacheClient
 
 from kiln.shacache.client import CacheClient
+from kiln.shacache.config import parse_cache_config
 from kiln.shacache.keys import (
     TrustList,
     generate_ed25519_key,
@@ -175,12 +176,8 @@ def test_our_client_reads_what_the_legacy_client_wrote(tls_cache: TlsCache, tmp_
 def test_legacy_client_reads_what_our_client_wrote(tls_cache: TlsCache, tmp_path: Path) -> None:
     artefact = tmp_path / "part.tar.gz"
     artefact.write_bytes(os.urandom(50_000))
-    ours = CacheClient.from_options(
-        {
-            **tls_cache.legacy_config(),
-            "signature-certificate-list": tls_cache.certificate_pem,
-        }
-    )
+    section = {**tls_cache.legacy_config(), "signature-certificate-list": tls_cache.certificate_pem}
+    ours = CacheClient.from_config(parse_cache_config(section))
     digest = ours.upload(artefact, "kiln-part:demo", {"part": "demo", "multiarch": "x"})
     [entry] = list(tls_cache.legacy_client().select("kiln-part:demo", {"part": "demo"}))
     assert entry["sha512"] == digest
@@ -192,8 +189,10 @@ def test_legacy_client_skips_entries_it_cannot_verify(tls_cache: TlsCache, tmp_p
     artefact = tmp_path / "part"
     artefact.write_bytes(b"shared part")
     options = {**tls_cache.legacy_config(), "signature-certificate-list": tls_cache.certificate_pem}
-    legacy_signed = CacheClient.from_options(options)
-    modern_signed = CacheClient.from_options({**options, "signature-private-key-file": ""})
+    legacy_signed = CacheClient.from_config(parse_cache_config(options))
+    modern_signed = CacheClient.from_config(
+        parse_cache_config({**options, "signature-private-key-file": ""})
+    )
     modern_signed.signing_keys = [generate_ed25519_key("alice")]
     modern_signed.upload(artefact, "kiln-part:mixed", {"by": "alice"})
     legacy_signed.upload(artefact, "kiln-part:mixed", {"by": "node"})

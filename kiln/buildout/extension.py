@@ -6,13 +6,17 @@ Enable it in a profile with::
     extensions = kiln
 
     [networkcache]
-    download-cache-url = http://127.0.0.1:8080/shacache
-    download-dir-url = http://127.0.0.1:8080/shadir
+    download-cache-url = http://127.0.0.1:5080/shacache
+    download-dir-url = http://127.0.0.1:5080/shadir
     trusted-keys = builder:BASE64...
     # only on builders that publish:
-    upload-cache-url = http://user:password@127.0.0.1:8080/shacache
-    upload-dir-url = http://user:password@127.0.0.1:8080/shadir
+    upload-cache-url = http://user:password@127.0.0.1:5080/shacache
+    upload-dir-url = http://user:password@127.0.0.1:5080/shadir
     signing-key-file = /path/to/builder.key
+
+Every option is read by :func:`kiln.shacache.config.parse_cache_config`, which lists them.
+The section is the whole configuration of a run: the environment ($KILN_CACHE_URL, ...) is
+read by the `kiln` commands, not here.
 
 For every part buildout installs, the extension computes the part's signature
 (:mod:`kiln.buildout.part_signature`) and looks up ShaDir key ``kiln-part:<signature>``:
@@ -53,13 +57,13 @@ from kiln.buildout.part_archive import ARCHIVE_FORMAT, ArchiveError, pack_part, 
 from kiln.buildout.part_signature import PathNormaliser, SignatureCalculator, platform_tuple
 from kiln.buildout.source_download import SourceCache
 from kiln.shacache.client import CacheClient, CacheError
+from kiln.shacache.config import CacheConfig, parse_cache_config
 
 log = logging.getLogger("kiln.binary-cache")
 
 EXTENSION_NAME = "kiln"
 KEY_PREFIX = "kiln-part:"
 REPORT_FILE = ".kiln-binary-cache.json"
-_CLIENT_OPTIONS = ("download-cache-url", "download-dir-url", "upload-cache-url", "upload-dir-url")
 
 
 @dataclass
@@ -71,32 +75,22 @@ class PartReport:
     notes: list[str] = field(default_factory=list)
 
 
-def _truthy(value: str | None, default: bool) -> bool:
-    if value is None or not value.strip():
-        return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}
-
-
-def make_client(buildout: Any) -> CacheClient | None:
-    """A CacheClient from the `[networkcache]` section, or None when no cache is set."""
+def read_config(buildout: Any) -> CacheConfig:
+    """The `[networkcache]` section, parsed (the defaults when there is none)."""
     if "networkcache" not in buildout._raw:
-        return None
+        return parse_cache_config()
     section = buildout["networkcache"]
-    options = {key: section[key] for key in section}
-    if not any(options.get(name, "").strip() for name in _CLIENT_OPTIONS):
-        return None
-    return CacheClient.from_options(options)
+    return parse_cache_config({key: section[key] for key in section})
 
 
 class BinaryCache:
-    def __init__(self, buildout: Any, client: CacheClient | None) -> None:
+    def __init__(self, buildout: Any, config: CacheConfig, client: CacheClient | None) -> None:
         self.buildout = buildout
         self.client = client
         self.reports: dict[str, PartReport] = {}
         self.source_events: list[str] = []
-        settings = buildout["networkcache"] if "networkcache" in buildout._raw else {}
-        self.enabled = _truthy(settings.get("kiln-binary-cache"), True)
-        self.source_root = settings.get("kiln-source-root", "").strip()
+        self.enabled = config.binary_cache
+        self.source_root = config.source_root or ""
         self.directory = Path(buildout["buildout"]["directory"])
         self.calculator: SignatureCalculator | None = None
 
@@ -271,10 +265,11 @@ def load(buildout: Any) -> None:
     if not _listed(buildout):
         return
     try:
-        client = make_client(buildout)
+        config = read_config(buildout)
+        client = CacheClient.from_config(config) if config.names_a_cache else None
     except Exception as error:  # a bad [networkcache] must name itself
         raise zc.buildout.UserError(f"[networkcache] is not usable: {error}") from error
-    cache = BinaryCache(buildout, client)
+    cache = BinaryCache(buildout, config, client)
     original_download = zc.buildout.download.Download.download
     sources = SourceCache(client, cache.source_events)
     zc.buildout.download.Download.download = sources.wrap(original_download)

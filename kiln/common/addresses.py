@@ -1,6 +1,8 @@
-"""``HOST:PORT`` as every command and configuration file writes it."""
+"""``HOST:PORT`` as every command and configuration file writes it, and URLs built on it."""
 
 from __future__ import annotations
+
+from urllib.parse import quote, urlsplit, urlunsplit
 
 
 def parse_host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
@@ -18,6 +20,23 @@ def parse_host_port(text: str, default_port: int | None = None) -> tuple[str, in
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"{text!r}: the port must be a number from 1 to 65535")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def redact(url: str) -> str:
+    """The URL without its credentials, for messages, logs and download URLs."""
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    # The netloc after the last "@" is HOST:PORT exactly as written (IPv6 brackets kept).
+    host_port = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host_port, parts.path, parts.query, parts.fragment))
+
+
+def with_credentials(url: str, user: str, password: str) -> str:
+    """The URL with ``user:password@`` in front of its HOST:PORT (quoted as URLs need)."""
+    parts = urlsplit(redact(url))
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{parts.netloc}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 # The one default port of each service, used by every command, profile and document.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import configparser
 import contextlib
 import json
 import logging
@@ -12,25 +11,24 @@ import signal
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
 
 import click
 
-from kiln.common.addresses import CACHE_PORT, parse_host_port
+from kiln.common.addresses import CACHE_PORT, parse_host_port, redact
 from kiln.common.cli import fail, parse_pairs
-from kiln.shacache.client import CacheClient, CacheError, redact
+from kiln.shacache.client import CacheClient, CacheError
+from kiln.shacache.config import ConfigError, cache_option, parse_cache_config, read_networkcache
 from kiln.shacache.entries import InvalidEntry, is_sha512
 from kiln.shacache.gc import collect
 from kiln.shacache.keys import (
     KeyError_,
-    TrustList,
     generate_ed25519_key,
     generate_legacy_rsa_key,
-    load_signing_key,
     rsa_private_pem,
     write_secret_file,
 )
 from kiln.shacache.server import DEFAULT_MAX_BLOB, ServerConfig, serve
+from kiln.shacache.storage import open_stores
 from kiln.shacache.units import human_size, parse_duration, parse_size
 from kiln.shacache.users import CertificateAuthority, UserDatabase, UserError
 
@@ -83,13 +81,10 @@ def _split_listen(listen: str) -> tuple[str, int]:
     show_default=True,
     help="Largest blob accepted (larger uploads get 413), e.g. 512M or 8G.",
 )
-@click.option(
-    "--trust",
-    "trust_files",
-    multiple=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="Refuse entries not signed by a key in this file (name:base64 lines or PEM certificates)."
-    " Repeatable.",
+@cache_option(
+    "trusted_keys",
+    help="Refuse entries that no trusted key signed: a key (name:base64), or a file of them"
+    " and/or of PEM certificates. Repeatable.",
 )
 @click.option("--allow-unsigned", is_flag=True, help="Store entries that carry no signature.")
 @click.option("--private", is_flag=True, help="Require credentials for downloads too.")
@@ -105,7 +100,7 @@ def serve_command(
     root: Path,
     listen: str,
     max_size: str,
-    trust_files: tuple[str, ...],
+    trusted_keys: tuple[str, ...],
     allow_unsigned: bool,
     private: bool,
     tls_cert: str | None,
@@ -125,11 +120,13 @@ def serve_command(
     if bool(tls_cert) != bool(tls_key):
         fail("--tls-cert and --tls-key go together")
     try:
+        # The server's trust list is read as every client's is, by the one parser.
+        trust = parse_cache_config(flags={"trusted_keys": trusted_keys}).trust()
         config = ServerConfig(
             root=root,
             max_blob_size=parse_size(max_size),
             require_signature=not allow_unsigned,
-            trust=TrustList.from_files(trust_files) if trust_files else None,
+            trust=trust if trusted_keys else None,
             private=private,
             tls_cert=Path(tls_cert) if tls_cert else None,
             tls_key=Path(tls_key) if tls_key else None,
@@ -249,10 +246,11 @@ def gc_command(root: Path, dry_run: bool, older_than: str) -> None:
         age = parse_duration(older_than)
     except ValueError as problem:
         fail(str(problem))
-    report = collect(root, min_age_seconds=age, dry_run=dry_run)
+    blobs, dirs = open_stores(root)
+    report = collect(blobs, dirs, min_age_seconds=age, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
-    for path in report.removed:
-        click.echo(f"{verb} {path.name[:16]}...")
+    for sha512 in report.removed:
+        click.echo(f"{verb} {sha512[:16]}...")
     click.echo(
         f"{verb} {len(report.removed)} blob(s), {human_size(report.freed_bytes)};"
         f" kept {report.kept} referenced, {report.too_young} younger than {older_than}"
@@ -302,40 +300,19 @@ def keygen_command(name: str, out: Path, legacy_rsa: bool) -> None:
 
 def client_options(function: Any) -> Any:
     options = [
-        click.option(
-            "--cache",
-            "cache_url",
-            default=lambda: os.environ.get("KILN_CACHE_URL", DEFAULT_URL),
-            show_default="$KILN_CACHE_URL or " + DEFAULT_URL,
-            help="Base URL of the cache (serving /shacache and /shadir).",
-        ),
+        cache_option("url", show_default=f"$KILN_CACHE_URL or {DEFAULT_URL}"),
         click.option(
             "--config",
             "config_file",
-            type=click.Path(exists=True, dir_okay=False),
-            help="Read a SlapOS-style [networkcache] section instead of --cache.",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="Read a SlapOS-style [networkcache] section (its URLs replace $KILN_CACHE_URL;"
+            " flags given beside it win).",
         ),
-        click.option(
-            "--trust",
-            "trust_files",
-            multiple=True,
-            type=click.Path(exists=True, dir_okay=False),
-            help="Trusted keys: a file of name:base64 lines and/or PEM certificates. Repeatable.",
-        ),
-        click.option(
-            "--trusted-key", "trusted_keys", multiple=True, help="A trusted name:base64 key."
-        ),
-        click.option(
-            "--sign-with",
-            type=click.Path(exists=True, dir_okay=False),
-            default=lambda: os.environ.get("KILN_CACHE_SIGNING_KEY"),
-            help="Secret key that signs new entries ($KILN_CACHE_SIGNING_KEY).",
-        ),
-        click.option("--client-cert", type=click.Path(exists=True, dir_okay=False)),
-        click.option("--client-key", type=click.Path(exists=True, dir_okay=False)),
-        click.option(
-            "--ca-file", type=click.Path(exists=True, dir_okay=False), help="CA of an HTTPS cache."
-        ),
+        cache_option("trusted_keys"),
+        cache_option("signing_key_file"),
+        cache_option("client_cert_file"),
+        cache_option("client_key_file"),
+        cache_option("ca_file"),
         click.option(
             "--progress/--no-progress", default=None, help="Progress bars (default: on a terminal)."
         ),
@@ -345,52 +322,16 @@ def client_options(function: Any) -> Any:
     return function
 
 
-def _with_env_credentials(url: str) -> str:
-    """Put $KILN_CACHE_USER / $KILN_CACHE_PASSWORD into the URL, keeping them off the argv."""
-    user, password = os.environ.get("KILN_CACHE_USER"), os.environ.get("KILN_CACHE_PASSWORD")
-    parts = urlsplit(url)
-    if not user or not password or parts.username:
-        return url
-    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{parts.netloc}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def make_client(
-    cache_url: str,
-    config_file: str | None,
-    trust_files: tuple[str, ...],
-    trusted_keys: tuple[str, ...],
-    sign_with: str | None,
-    client_cert: str | None,
-    client_key: str | None,
-    ca_file: str | None,
-    progress: bool | None,
-) -> CacheClient:
+def make_client(config_file: Path | None, progress: bool | None, **flags: Any) -> CacheClient:
+    """The client that --config, the flags and the environment describe, by the one parser."""
     try:
-        trust = TrustList.from_files(trust_files)
-        for text in trusted_keys:
-            trust.add_public_key(text)
-        keys = [load_signing_key(sign_with)] if sign_with else []
-        if config_file:
-            parser = configparser.ConfigParser(interpolation=None)
-            parser.read(config_file)
-            if not parser.has_section("networkcache"):
-                fail(f"{config_file} has no [networkcache] section")
-            client = CacheClient.from_options(dict(parser["networkcache"]), progress=progress)
-            client.trust.ed25519.update(trust.ed25519)
-            client.trust.certificates.extend(trust.certificates)
-            client.signing_keys.extend(keys)
-            return client
-    except KeyError_ as problem:
+        section = read_networkcache(config_file) if config_file else {}
+        config = parse_cache_config(
+            section, flags=flags, environ=os.environ, defaults={"url": DEFAULT_URL}
+        )
+        return CacheClient.from_config(config, progress=progress)
+    except (ConfigError, KeyError_) as problem:
         fail(str(problem))
-    return CacheClient.from_url(
-        _with_env_credentials(cache_url),
-        trust=trust,
-        signing_keys=keys,
-        client_cert=(client_cert, client_key) if client_cert and client_key else None,
-        ca_file=ca_file,
-        progress=progress,
-    )
 
 
 @cache.command("upload")

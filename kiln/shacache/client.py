@@ -1,6 +1,8 @@
 """The cache client: upload, select trusted entries, download with verification.
 
-This is the Python API the buildout extension calls::
+This is the Python API the buildout extension calls (it builds its client with
+``CacheClient.from_config`` from the ``[networkcache]`` section, see
+:mod:`kiln.shacache.config`)::
 
     client = CacheClient.from_url("http://127.0.0.1:5080", trust=trust, signing_keys=[key])
     sha512 = client.upload(path, "kiln-part:...", {"part": "zstd"})
@@ -25,18 +27,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from tqdm import tqdm
 
+from kiln.common.addresses import redact
+from kiln.shacache.config import CacheConfig, service_urls
 from kiln.shacache.entries import InvalidEntry, check_dir_key, is_sha512, parse_metadata
-from kiln.shacache.keys import (
-    SigningKey,
-    TrustList,
-    load_signing_key,
-    sign_metadata,
-)
+from kiln.shacache.keys import SigningKey, TrustList, sign_metadata
 
 log = logging.getLogger("shacache.client")
 
@@ -50,17 +48,6 @@ RETRYABLE = frozenset({500, 502, 503, 504})
 
 class CacheError(Exception):
     """A cache operation failed; the message says what and, where possible, what to do."""
-
-
-def redact(url: str) -> str:
-    """The URL without its credentials, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None and parts.username is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 @dataclass(frozen=True)
@@ -155,48 +142,26 @@ class CacheClient:
     @classmethod
     def from_url(cls, url: str, *, upload: bool = True, **kwargs: Any) -> CacheClient:
         """One base URL serving ``/shacache`` and ``/shadir``, as ``kiln cache serve`` does."""
-        base = url.rstrip("/")
-        public = redact(base)
-        return cls(
-            download_cache_url=f"{public}/shacache",
-            download_dir_url=f"{public}/shadir",
-            upload_cache_url=f"{base}/shacache" if upload else None,
-            upload_dir_url=f"{base}/shadir" if upload else None,
-            **kwargs,
-        )
+        urls: dict[str, str | None] = {**service_urls(url)}
+        if not upload:
+            urls["upload_cache_url"] = urls["upload_dir_url"] = None
+        return cls(**urls, **kwargs)
 
     @classmethod
-    def from_options(cls, options: Mapping[str, str], **kwargs: Any) -> CacheClient:
-        """Read a SlapOS-style ``[networkcache]`` section (buildout or slapos.cfg).
-
-        SlapOS options: ``download-cache-url``, ``download-dir-url``, ``upload-cache-url``,
-        ``upload-dir-url``, ``signature-certificate-list``, ``signature-private-key-file``,
-        ``shacache-cert-file``/``shacache-key-file``/``shacache-ca-file``.  Ours:
-        ``trusted-keys`` (``name:base64`` Ed25519 public keys), ``signing-key-file``
-        and ``require-signature`` (default true).
-        """
-        trust = TrustList()
-        if options.get("trusted-keys"):
-            trust.add_text(options["trusted-keys"])
-        if options.get("signature-certificate-list"):
-            trust.add_certificates(options["signature-certificate-list"])
-        keys = [
-            load_signing_key(options[name])
-            for name in ("signing-key-file", "signature-private-key-file")
-            if options.get(name)
-        ]
-        cert, key = options.get("shacache-cert-file"), options.get("shacache-key-file")
-        require = options.get("require-signature", "true").strip().lower()
+    def from_config(cls, config: CacheConfig, **kwargs: Any) -> CacheClient:
+        """The client a parsed ``[networkcache]`` configuration describes (see
+        :mod:`kiln.shacache.config`); raises KeyError_ for an unreadable signing key."""
+        cert, key = config.client_cert_file, config.client_key_file
         return cls(
-            download_cache_url=options.get("download-cache-url") or None,
-            download_dir_url=options.get("download-dir-url") or None,
-            upload_cache_url=options.get("upload-cache-url") or None,
-            upload_dir_url=options.get("upload-dir-url") or None,
-            trust=trust,
-            signing_keys=keys,
-            require_signature=require not in ("false", "no", "0"),
-            client_cert=(cert, key) if cert and key else None,
-            ca_file=options.get("shacache-ca-file") or None,
+            download_cache_url=config.download_cache_url,
+            download_dir_url=config.download_dir_url,
+            upload_cache_url=config.upload_cache_url,
+            upload_dir_url=config.upload_dir_url,
+            trust=config.trust(),
+            signing_keys=config.signing_keys(),
+            require_signature=config.require_signature,
+            client_cert=(str(cert), str(key)) if cert and key else None,
+            ca_file=str(config.ca_file) if config.ca_file else None,
             **kwargs,
         )
 

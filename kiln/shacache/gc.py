@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from kiln.shacache.storage import BlobStore, DirStore
 
@@ -13,7 +12,7 @@ from kiln.shacache.storage import BlobStore, DirStore
 @dataclass
 class GcReport:
     kept: int = 0
-    removed: list[Path] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)  # sha512 of each blob removed
     too_young: int = 0
     freed_bytes: int = 0
 
@@ -31,26 +30,24 @@ def referenced_blobs(dirs: DirStore) -> set[str]:
     return referenced
 
 
-def collect(root: Path, *, min_age_seconds: float, dry_run: bool) -> GcReport:
+def collect(blobs: BlobStore, dirs: DirStore, *, min_age_seconds: float, dry_run: bool) -> GcReport:
     """Remove unreferenced blobs older than ``min_age_seconds``.
 
     The age threshold protects uploads in flight: a client uploads the blob first and writes
     its entry a moment later.
     """
-    blobs, dirs = BlobStore(root), DirStore(root)
     referenced = referenced_blobs(dirs)
     now = time.time()
     report = GcReport()
-    for path in blobs.iter_blobs():
-        if path.name in referenced:
+    for blob in blobs.iter_blobs():
+        if blob.sha512 in referenced:
             report.kept += 1
             continue
-        stat = path.stat()
-        if now - stat.st_mtime < min_age_seconds:
+        if now - blob.modified < min_age_seconds:
             report.too_young += 1
             continue
-        report.removed.append(path)
-        report.freed_bytes += stat.st_size
+        report.removed.append(blob.sha512)
+        report.freed_bytes += blob.size
         if not dry_run:
-            path.unlink(missing_ok=True)
+            blobs.remove(blob.sha512)
     return report

@@ -195,6 +195,14 @@ def is_valid_signature_field(field_text: str) -> bool:
     return all(ED25519_TOKEN.match(t) or LEGACY_TOKEN.match(t) for t in tokens)
 
 
+def split_trust_text(text: str) -> tuple[list[str], list[str]]:
+    """The PEM certificate blocks and the ``name:base64`` words of a trust text (# comments
+    ignored), unchecked: TrustList checks them as it adds them."""
+    without_pem = PEM_CERTIFICATE.sub("", text)
+    words = [word for line in without_pem.splitlines() for word in line.split("#", 1)[0].split()]
+    return PEM_CERTIFICATE.findall(text), words
+
+
 @dataclass(frozen=True)
 class Verdict:
     trusted: bool
@@ -233,12 +241,11 @@ class TrustList:
 
     def add_text(self, text: str) -> None:
         """Add what a trust file holds: ``name:base64`` lines, PEM certificates, # comments."""
-        self.add_certificates(text)
-        without_pem = PEM_CERTIFICATE.sub("", text)
-        for line in without_pem.splitlines():
-            line = line.split("#", 1)[0].strip()
-            for word in line.split():
-                self.add_public_key(word)
+        certificates, public_keys = split_trust_text(text)
+        for block in certificates:
+            self.add_certificates(block)
+        for word in public_keys:
+            self.add_public_key(word)
 
     @classmethod
     def from_texts(cls, texts: Iterable[str]) -> TrustList:

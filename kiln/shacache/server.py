@@ -24,14 +24,17 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from kiln.common.http import error
+from kiln.shacache.blob_response import blob_response
 from kiln.shacache.entries import InvalidEntry, check_dir_key, is_sha512, parse_entry_body
 from kiln.shacache.keys import TrustList
 from kiln.shacache.storage import (
+    BlobNotFound,
     BlobStore,
     DirStore,
     HashMismatch,
     StorageFull,
     TooLarge,
+    open_stores,
 )
 from kiln.shacache.users import CachedChecker, CertificateAuthority, UserDatabase
 
@@ -88,8 +91,9 @@ class CacheServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         config.root.mkdir(parents=True, exist_ok=True)
-        self.blobs = BlobStore(config.root)
-        self.dirs = DirStore(config.root)
+        self.blobs: BlobStore
+        self.dirs: DirStore
+        self.blobs, self.dirs = open_stores(config.root)
         self.users = CachedChecker(UserDatabase(config.users_path))
         self._key_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()
@@ -280,18 +284,13 @@ class CacheServer:
         name = request.match_info["name"]
         if not is_sha512(name):
             return error(400, "a blob is named by its sha512: 128 lowercase hex characters")
-        path = self.blobs.path_for(name)
-        if not path.is_file():
+        loop = asyncio.get_running_loop()
+        try:
+            blob = await loop.run_in_executor(None, self.blobs.open, name)
+        except BlobNotFound:
             return error(404, f"no blob {name[:16]}...")
-        # FileResponse answers Range, HEAD, Content-Length and ETag, and uses sendfile().
-        return web.FileResponse(
-            path,
-            chunk_size=WRITE_PIECE,
-            headers={
-                "Content-Type": "application/octet-stream",
-                "Cache-Control": "public, max-age=31536000, immutable",
-            },
-        )
+        with blob:
+            return await blob_response(request, blob, name)
 
     def _key(self, request: web.Request) -> str:
         return check_dir_key(request.match_info["key"])

@@ -1,6 +1,10 @@
-"""Content-addressed storage under one root directory.
+"""Content-addressed storage: two small interfaces, and their implementation on a disk.
 
-Layout (everything below ``--root``)::
+The server and the garbage collector use only :class:`BlobStore` (blobs named by their
+sha512) and :class:`DirStore` (signed entries by key), which :func:`open_stores` gives; a
+backend other than a local directory (an object store) implements those two.
+
+On disk (:class:`DiskBlobStore`, :class:`DiskDirStore`), everything is below ``--root``::
 
     shacache/ab/cd/abcd...      blobs, named by their sha512, two levels of fan-out
     shadir/ef/ef01....json      entries of one key, in a file named by sha256(key)
@@ -18,9 +22,11 @@ import hashlib
 import json
 import os
 import tempfile
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from kiln.common.durable import fsync_directory
 from kiln.shacache.entries import Entry, check_dir_key, is_sha512
@@ -40,15 +46,89 @@ class TooLarge(ValueError):
     pass
 
 
+class BlobNotFound(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    sha512: str
+    size: int
+    modified: float  # seconds since the epoch, when the blob was stored
+
+
+class BlobWriter(ABC):
+    """Receives one upload in pieces; hashes it as it goes, never holding it whole."""
+
+    size: int  # bytes received so far
+
+    @abstractmethod
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Add a piece; raises TooLarge past the limit, StorageFull when out of space."""
+
+    @abstractmethod
+    def commit(self, expected_sha512: str | None = None) -> str:
+        """Make the blob durable and visible; answer its sha512 (HashMismatch if unexpected)."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Drop the upload; nothing of it stays."""
+
+
+class BlobStore(ABC):
+    """Blobs named by their sha512: written once, read many times, removed by gc."""
+
+    @abstractmethod
+    def writer(self, max_size: int | None = None) -> BlobWriter: ...
+
+    @abstractmethod
+    def open(self, sha512: str) -> BinaryIO:
+        """The blob as a readable, seekable file; raises BlobNotFound."""
+
+    @abstractmethod
+    def iter_blobs(self) -> Iterator[BlobInfo]: ...
+
+    @abstractmethod
+    def remove(self, sha512: str) -> None:
+        """Remove a blob (gone already is fine)."""
+
+    @abstractmethod
+    def remove_stale_uploads(self) -> int:
+        """Drop uploads that a killed process left unfinished; answer how many."""
+
+
+class DirStore(ABC):
+    """Append-only lists of entries per key, newest last, exact duplicates stored once."""
+
+    @abstractmethod
+    def read(self, key: str) -> list[Entry] | None:
+        """The entries of ``key``, or None when it has none."""
+
+    @abstractmethod
+    def append(self, key: str, entry: Entry) -> bool:
+        """Add an entry; answer False when the exact same entry was already there.
+
+        The caller serialises appends to one key (one writer per process).
+        """
+
+    @abstractmethod
+    def iter_keys(self) -> Iterator[tuple[str, list[Entry]]]: ...
+
+
+def open_stores(root: Path) -> tuple[BlobStore, DirStore]:
+    """The stores of a cache root (the one place that picks a backend)."""
+    return DiskBlobStore(root), DiskDirStore(root)
+
+
 def _raise_if_full(error: OSError) -> None:
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         raise StorageFull(error.errno, "no space left on the cache's disk") from error
 
 
-class BlobWriter:
-    """Receives one upload in pieces; hashes and writes as it goes, never holding it whole."""
+class DiskBlobWriter(BlobWriter):
+    """Writes to a temporary file in ``tmp/``, renamed to the blob's path on commit."""
 
-    def __init__(self, store: BlobStore, max_size: int | None) -> None:
+    def __init__(self, store: DiskBlobStore, max_size: int | None) -> None:
         self._store = store
         self._max_size = max_size
         self._hash = hashlib.sha512()
@@ -84,7 +164,6 @@ class BlobWriter:
             self._written_back = self.size
 
     def commit(self, expected_sha512: str | None = None) -> str:
-        """Make the blob durable and visible; answer its sha512."""
         digest = self._hash.hexdigest()
         if expected_sha512 is not None and digest != expected_sha512:
             self.abort()
@@ -117,7 +196,7 @@ class BlobWriter:
 
 
 @dataclass
-class BlobStore:
+class DiskBlobStore(BlobStore):
     root: Path
 
     def __post_init__(self) -> None:
@@ -127,7 +206,6 @@ class BlobStore:
             directory.mkdir(parents=True, exist_ok=True)
 
     def remove_stale_uploads(self) -> int:
-        """Delete uploads a previous process left unfinished (it was killed mid-upload)."""
         count = 0
         for leftover in self.tmp_dir.iterdir():
             leftover.unlink(missing_ok=True)
@@ -139,21 +217,32 @@ class BlobStore:
             raise ValueError(f"not a sha512: {sha512[:40]!r}")
         return self.blob_dir / sha512[:2] / sha512[2:4] / sha512
 
-    def exists(self, sha512: str) -> bool:
-        return self.path_for(sha512).is_file()
+    def writer(self, max_size: int | None = None) -> DiskBlobWriter:
+        return DiskBlobWriter(self, max_size)
 
-    def writer(self, max_size: int | None = None) -> BlobWriter:
-        return BlobWriter(self, max_size)
+    def open(self, sha512: str) -> BinaryIO:
+        try:
+            return open(self.path_for(sha512), "rb")
+        except (FileNotFoundError, IsADirectoryError):
+            raise BlobNotFound(sha512) from None
 
-    def iter_blobs(self) -> Iterator[Path]:
+    def iter_blobs(self) -> Iterator[BlobInfo]:
         for path in self.blob_dir.glob("??/??/*"):
-            if is_sha512(path.name):
-                yield path
+            if not is_sha512(path.name):
+                continue
+            try:
+                stat = path.stat()
+            except FileNotFoundError:  # removed since the listing
+                continue
+            yield BlobInfo(path.name, stat.st_size, stat.st_mtime)
+
+    def remove(self, sha512: str) -> None:
+        self.path_for(sha512).unlink(missing_ok=True)
 
 
 @dataclass
-class DirStore:
-    """Append-only lists of entries per key, newest last, exact duplicates stored once."""
+class DiskDirStore(DirStore):
+    """One JSON file per key: ``{"key": KEY, "entries": [[metadata, signature], ...]}``."""
 
     root: Path
 
@@ -177,10 +266,6 @@ class DirStore:
         return [Entry(text, signature) for text, signature in document["entries"]]
 
     def append(self, key: str, entry: Entry) -> bool:
-        """Add an entry; answer False when the exact same entry was already there.
-
-        The caller serialises appends to one key (one writer per process).
-        """
         entries = self.read(key) or []
         if entry in entries:
             return False

@@ -1,7 +1,8 @@
 """Run zc.buildout for a software release, with the binary cache configured.
 
 The release's ``software.cfg`` is extended by a generated ``kiln-build.cfg`` in the software
-directory, which carries the `[networkcache]` settings (it may hold upload credentials, so it
+directory, which carries the `[networkcache]` settings (written by
+:func:`kiln.shacache.config.networkcache_lines`; they may hold upload credentials, so the file
 is written 0600 and never printed).  buildout runs in a child process of the same Python
 that runs `kiln`, so the kiln extension and recipes come from this installation.
 """
@@ -13,12 +14,12 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from kiln.buildout.extension import REPORT_FILE
+from kiln.shacache.config import CacheConfig, networkcache_lines, parse_cache_config
 
 GENERATED_PROFILE = "kiln-build.cfg"
 DEFAULT_HOME = Path(os.environ.get("KILN_HOME", Path.home() / ".kiln"))
@@ -51,62 +52,25 @@ def default_software_dir(release_dir: Path) -> Path:
     return DEFAULT_HOME / "software" / release_dir.name
 
 
-@dataclass
-class CacheSettings:
-    """What `--cache`, `--trust`/`--trusted-key` and `--sign-with` configure.
+def publishes(cache: CacheConfig) -> bool:
+    """Whether a build uploads what it builds: upload URLs, credentials for them (in the URL,
+    or a client certificate) and a key to sign with."""
+    url = cache.upload_cache_url
+    credentials = bool(url and urlsplit(url).username) or cache.client_cert_file is not None
+    return bool(url and cache.upload_dir_url and credentials and cache.signing_key_files)
 
-    Upload credentials come in the URL (``http://user:password@host:port``) or from
-    $KILN_CACHE_USER / $KILN_CACHE_PASSWORD, as for `kiln cache`.  Parts and sources are
-    published only when credentials and a signing key are both given.
+
+def build_networkcache(cache: CacheConfig) -> list[str]:
+    """The `[networkcache]` lines of the generated profile.
+
+    Upload URLs, and the credentials in them, are written only when the build publishes.
+    The source root is the generated `[kiln-source]` one, by reference, so that part
+    signatures normalise exactly the paths the profiles substitute.
     """
-
-    url: str | None = None
-    trusted_keys: list[str] = field(default_factory=list)
-    signing_key_file: Path | None = None
-    binary_cache: bool = True
-
-    def upload_url(self) -> str | None:
-        if not self.url or not self.signing_key_file:
-            return None
-        parts = urlsplit(self.url.rstrip("/"))
-        if parts.username:
-            return self.url.rstrip("/")
-        user, password = os.environ.get("KILN_CACHE_USER"), os.environ.get("KILN_CACHE_PASSWORD")
-        if not user or not password:
-            return None
-        netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{parts.netloc}"
-        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-    def networkcache_options(self) -> dict[str, str]:
-        options: dict[str, str] = {"kiln-binary-cache": "true" if self.binary_cache else "false"}
-        if not self.url:
-            return options
-        parts = urlsplit(self.url.rstrip("/"))
-        public = urlunsplit((parts.scheme, parts.hostname or "", "", "", "")).rstrip("/")
-        if parts.port:
-            public += f":{parts.port}"
-        public += parts.path
-        options["download-cache-url"] = f"{public}/shacache"
-        options["download-dir-url"] = f"{public}/shadir"
-        options["trusted-keys"] = " ".join(self.trusted_keys)
-        upload = self.upload_url()
-        if upload and self.signing_key_file:
-            options["upload-cache-url"] = f"{upload}/shacache"
-            options["upload-dir-url"] = f"{upload}/shadir"
-            options["signing-key-file"] = str(self.signing_key_file.resolve())
-        return options
-
-
-def read_trusted_keys(values: Sequence[str]) -> list[str]:
-    """`name:base64` keys, or paths of `.pub` files holding them."""
-    keys = []
-    for value in values:
-        path = Path(value)
-        if path.is_file():
-            keys.extend(path.read_text().split())
-        else:
-            keys.append(value)
-    return keys
+    written = replace(cache, source_root="${kiln-source:root}")
+    if not publishes(cache):
+        written = replace(written, upload_cache_url=None, upload_dir_url=None)
+    return networkcache_lines(written)
 
 
 def source_root_of(release_dir: Path) -> Path:
@@ -116,9 +80,8 @@ def source_root_of(release_dir: Path) -> Path:
 
 
 def write_build_profile(
-    release_dir: Path, software_dir: Path, cache: CacheSettings, extra: dict[str, str]
+    release_dir: Path, software_dir: Path, cache: CacheConfig, extra: dict[str, str]
 ) -> Path:
-    options = {**cache.networkcache_options(), "kiln-source-root": "${kiln-source:root}"}
     lines = [
         "# Generated by `kiln software build`; may hold upload credentials (mode 0600).",
         "[buildout]",
@@ -131,7 +94,7 @@ def write_build_profile(
         f"release = {release_dir}",
         "",
         "[networkcache]",
-        *(f"{key} = {value}" for key, value in options.items()),
+        *build_networkcache(cache),
         "",
     ]
     sections: dict[str, list[str]] = {}
@@ -180,7 +143,7 @@ def run_buildout(profile: Path, directory: Path, quiet: bool = False) -> None:
 def build_release(
     release: str | Path,
     software_dir: Path | None = None,
-    cache: CacheSettings | None = None,
+    cache: CacheConfig | None = None,
     options: dict[str, str] | None = None,
     quiet: bool = False,
 ) -> BuildResult:
@@ -189,7 +152,7 @@ def build_release(
     software_dir = (software_dir or default_software_dir(release_dir)).resolve()
     software_dir.mkdir(parents=True, exist_ok=True)
     profile = write_build_profile(
-        release_dir, software_dir, cache or CacheSettings(), options or {}
+        release_dir, software_dir, cache or parse_cache_config(), options or {}
     )
     report = software_dir / REPORT_FILE
     report.unlink(missing_ok=True)

@@ -9,13 +9,13 @@ from pathlib import Path
 import click
 
 from kiln.common.cli import fail, parse_pairs
+from kiln.shacache.config import CacheConfig, ConfigError, cache_option, parse_cache_config
 from kiln.software.build import (
     BuildError,
     BuildResult,
-    CacheSettings,
     build_release,
     default_software_dir,
-    read_trusted_keys,
+    publishes,
     resolve_release,
 )
 from kiln.software.instance import Instance, InstanceError, default_root, instantiate
@@ -33,29 +33,12 @@ def print_parts(result: BuildResult) -> None:
     )
 
 
-cache_url_option = click.option(
-    "--cache",
-    "cache_url",
-    default=lambda: os.environ.get("KILN_CACHE_URL"),
-    show_default="$KILN_CACHE_URL",
-    help="Base URL of a `kiln cache serve` (serving /shacache and /shadir). Upload "
-    "credentials go in the URL (http://USER:PASSWORD@HOST:PORT) or in $KILN_CACHE_USER and "
-    "$KILN_CACHE_PASSWORD.",
-)
-trust_option = click.option(
-    "--trust",
-    "trust",
-    multiple=True,
-    help="A trusted Ed25519 key (name:base64), or a .pub file of them. Repeatable. Entries "
-    "signed by no trusted key are never used.",
-)
-sign_option = click.option(
-    "--sign-with",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=lambda: os.environ.get("KILN_CACHE_SIGNING_KEY"),
-    help="Ed25519 secret key (kiln cache keygen) that signs uploads ($KILN_CACHE_SIGNING_KEY). "
-    "Without it nothing is uploaded.",
-)
+def cache_config(**flags: object) -> CacheConfig:
+    """The cache that the flags and the environment describe, by the one parser."""
+    try:
+        return parse_cache_config(flags=flags, environ=os.environ)
+    except ConfigError as problem:
+        fail(str(problem))
 
 
 @click.group()
@@ -75,12 +58,10 @@ def software() -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Where to build (default: ~/.kiln/software/NAME, or $KILN_HOME/software/NAME).",
 )
-@cache_url_option
-@trust_option
-@sign_option
-@click.option(
-    "--no-binary-cache", is_flag=True, help="Use the cache for sources only; build every part."
-)
+@cache_option("url")
+@cache_option("trusted_keys")
+@cache_option("signing_key_file")
+@cache_option("binary_cache")
 @click.option(
     "--set",
     "assignments",
@@ -91,20 +72,17 @@ def software() -> None:
 def build_command(
     release: str,
     software_dir: Path | None,
-    cache_url: str | None,
-    trust: tuple[str, ...],
-    sign_with: Path | None,
-    no_binary_cache: bool,
     assignments: tuple[str, ...],
+    **flags: object,
 ) -> None:
     """Build RELEASE (software/NAME or NAME) into a software directory.
 
     \b
     Examples:
       kiln software build software/wendelin
-      kiln software build software/wendelin --cache http://127.0.0.1:8080 --trust builder.pub
+      kiln software build software/wendelin --cache http://127.0.0.1:5080 --trust builder.pub
       KILN_CACHE_USER=uploader KILN_CACHE_PASSWORD=... kiln software build software/wendelin \\
-          --cache http://127.0.0.1:8080 --trust builder.pub --sign-with builder.key
+          --cache http://127.0.0.1:5080 --trust builder.pub --sign-with builder.key
     """
     overrides: dict[str, str] = {}
     for assignment in assignments:
@@ -112,20 +90,15 @@ def build_command(
         if not sep or ":" not in target:
             fail(f"--set {assignment!r}: write SECTION:OPTION=VALUE")
         overrides[target] = value
-    settings = CacheSettings(
-        url=cache_url,
-        trusted_keys=read_trusted_keys(trust),
-        signing_key_file=sign_with,
-        binary_cache=not no_binary_cache,
-    )
-    if cache_url and not settings.trusted_keys:
+    config = cache_config(**flags)
+    if config.names_a_cache and not config.trusted_keys:
         click.echo("warning: no --trust key: every cache entry will be refused", err=True)
-    if sign_with and not settings.upload_url():
+    if config.signing_key_file and not publishes(config):
         click.echo(
             "warning: --sign-with without upload credentials: nothing will be uploaded", err=True
         )
     try:
-        result = build_release(release, software_dir, settings, overrides)
+        result = build_release(release, software_dir, config, overrides)
     except BuildError as error:
         fail(str(error))
     print_parts(result)
@@ -184,14 +157,10 @@ def check_command(release: str, software_dir: Path | None) -> None:
     metavar="PATH=URL",
     help="Seed a local file under the URL a profile downloads it from. Repeatable.",
 )
-@cache_url_option
-@sign_option
+@cache_option("url")
+@cache_option("signing_key_file")
 def seed_sources_command(
-    packages: tuple[str, ...],
-    from_dir: Path | None,
-    files: tuple[str, ...],
-    cache_url: str | None,
-    sign_with: Path | None,
+    packages: tuple[str, ...], from_dir: Path | None, files: tuple[str, ...], **flags: object
 ) -> None:
     """Put source tarballs into the cache for sites whose network sources are unreachable.
 
@@ -200,27 +169,26 @@ def seed_sources_command(
 
     \b
     Examples:
-      kiln software seed-sources --cache http://uploader:PW@127.0.0.1:8080 \\
+      kiln software seed-sources --cache http://uploader:PW@127.0.0.1:5080 \\
           --sign-with builder.key --apt libzstd=1.5.4+dfsg2-5
       kiln software seed-sources ... --apt libzstd=1.5.4+dfsg2-5 --from-dir ./debian-sources
       kiln software seed-sources ... --file ./zstd-1.5.4.tar.gz=https://example.org/zstd.tar.gz
     """
     from kiln.shacache.client import CacheClient, CacheError
-    from kiln.shacache.keys import load_signing_key
     from kiln.software.seed import seed_debian_package, seed_file
 
     if not packages and not files:
         fail("nothing to seed: give --apt PACKAGE=VERSION and/or --file PATH=URL")
-    if not cache_url:
+    config = cache_config(**flags)
+    if not config.names_a_cache:
         fail("give --cache URL (with upload credentials) or set $KILN_CACHE_URL")
-    if not sign_with:
+    if not config.signing_key_file:
         fail("give --sign-with KEY: cache entries must be signed")
-    upload = CacheSettings(url=cache_url, signing_key_file=sign_with).upload_url()
-    if not upload:
+    if not publishes(config):
         fail("no upload credentials: put them in the URL or in $KILN_CACHE_USER/PASSWORD")
-    client = CacheClient.from_url(upload, signing_keys=[load_signing_key(sign_with)])
     seeded = []
     try:
+        client = CacheClient.from_config(config)
         for spec in packages:
             seeded += seed_debian_package(client, spec, from_dir)
         for pair in files:
@@ -228,7 +196,7 @@ def seed_sources_command(
             if not sep or not Path(path).is_file():
                 fail(f"--file {pair!r}: write PATH=URL with an existing file")
             seeded.append(seed_file(client, Path(path), url))
-    except (CacheError, ValueError, OSError) as error:
+    except (CacheError, ValueError, OSError) as error:  # ValueError: also unreadable keys
         fail(str(error))
     except Exception as error:  # debian_sources errors name the apt command that failed
         fail(f"{type(error).__name__}: {error}")

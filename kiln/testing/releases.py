@@ -9,15 +9,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln.buildout.recipes import _project_files
-from kiln.software.build import BuildResult, CacheSettings, build_release, repository_root
+from kiln.shacache.config import CacheConfig, parse_cache_config
+from kiln.software.build import BuildResult, build_release, repository_root
 from kiln.software.instance import Instance, instantiate
 
 
 def build_snapshot_release(
-    snapshot: Path, name: str, workdir: Path, settings: CacheSettings
+    snapshot: Path, name: str, workdir: Path, config: CacheConfig
 ) -> BuildResult:
     """Build ``software/<name>`` of a repository snapshot into ``workdir/software``, quietly."""
-    return build_release(snapshot / "software" / name, workdir / "software", settings, quiet=True)
+    return build_release(snapshot / "software" / name, workdir / "software", config, quiet=True)
 
 
 # The Debian source packages the releases compile (component/*/buildout.cfg `debian-source:` URLs).
@@ -59,13 +60,14 @@ class CacheFixture:
     def stranger_public_key(self) -> str:
         return (self.key_dir / "stranger.pub").read_text().strip()
 
-    def settings(self, upload: bool = False, trust_stranger_only: bool = False) -> CacheSettings:
-        url = self.server.upload_url if upload else self.server.url
-        return CacheSettings(
-            url=url,
-            trusted_keys=[self.stranger_public_key if trust_stranger_only else self.public_key],
-            signing_key_file=(self.key_dir / "builder.key") if upload else None,
-        )
+    def config(self, upload: bool = False, trust_stranger_only: bool = False) -> CacheConfig:
+        """What `kiln software build --cache URL --trust KEY [--sign-with KEY]` configures."""
+        flags = {
+            "url": self.server.upload_url if upload else self.server.url,
+            "trusted_keys": [self.stranger_public_key if trust_stranger_only else self.public_key],
+            "signing_key_file": (self.key_dir / "builder.key") if upload else None,
+        }
+        return parse_cache_config(flags=flags)
 
     def client(self, upload: bool = False):
         from kiln.shacache.client import CacheClient

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from kiln.buildout.extension import REPORT_FILE
-from kiln.software.build import BuildError, CacheSettings, run_buildout
+from kiln.shacache.config import CacheConfig, networkcache_lines, parse_cache_config
+from kiln.software.build import BuildError, run_buildout
 from kiln.testing.releases import CacheFixture, start_test_cache
 
 pytestmark = pytest.mark.integration
@@ -51,11 +52,9 @@ inline = unrelated
 """
 
 
-def build(
-    directory: Path, settings: CacheSettings, flavour: str = "plain", extra: str = ""
-) -> dict:
+def build(directory: Path, config: CacheConfig, flavour: str = "plain", extra: str = "") -> dict:
     directory.mkdir(parents=True)
-    options = "\n".join(f"{k} = {v}" for k, v in settings.networkcache_options().items())
+    options = "\n".join(networkcache_lines(config))
     profile = directory / "buildout.cfg"
     profile.write_text(
         PROFILE.format(directory=directory, networkcache=options, flavour=flavour) + extra
@@ -78,7 +77,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def cold(cache: CacheFixture, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The first build, with an empty cache and upload credentials."""
-    return build(tmp_path_factory.mktemp("cold") / "sw", cache.settings(upload=True))
+    return build(tmp_path_factory.mktemp("cold") / "sw", cache.config(upload=True))
 
 
 def test_cold_build_uploads_every_part(cold: dict) -> None:
@@ -90,7 +89,7 @@ def test_fresh_directory_hits_every_part_and_relocates(
     cold: dict, cache: CacheFixture, tmp_path: Path
 ) -> None:
     directory = tmp_path / "elsewhere"
-    report = build(directory, cache.settings())
+    report = build(directory, cache.config())
     assert outcomes(report) == dict.fromkeys(("leaf", "middle", "top", "other"), "hit")
     assert {p["signature"] for p in report.values()} == {p["signature"] for p in cold.values()}
     # Files naming the old build directory now name the new one.
@@ -101,7 +100,7 @@ def test_fresh_directory_hits_every_part_and_relocates(
 def test_leaf_option_change_rebuilds_only_that_part_and_dependents(
     cold: dict, cache: CacheFixture, tmp_path: Path
 ) -> None:
-    report = build(tmp_path / "changed", cache.settings(upload=True), flavour="spicy")
+    report = build(tmp_path / "changed", cache.config(upload=True), flavour="spicy")
     assert outcomes(report) == {
         "leaf": "uploaded",
         "middle": "uploaded",
@@ -115,7 +114,7 @@ def test_leaf_option_change_rebuilds_only_that_part_and_dependents(
 def test_untrusted_signature_is_refused_and_part_rebuilt(
     cold: dict, cache: CacheFixture, tmp_path: Path
 ) -> None:
-    report = build(tmp_path / "distrustful", cache.settings(trust_stranger_only=True))
+    report = build(tmp_path / "distrustful", cache.config(trust_stranger_only=True))
     assert outcomes(report) == dict.fromkeys(("leaf", "middle", "top", "other"), "built")
     for part in report.values():
         assert any(note.startswith("refused untrusted entry") for note in part["notes"])
@@ -130,7 +129,7 @@ def test_tampered_blob_is_refused_and_part_rebuilt(
     original = blob.read_bytes()
     blob.write_bytes(original[:-8] + b"tampered")
     try:
-        report = build(tmp_path / "tampered", cache.settings())
+        report = build(tmp_path / "tampered", cache.config())
     finally:
         blob.write_bytes(original)
     assert outcomes(report) == {"leaf": "hit", "middle": "hit", "top": "hit", "other": "built"}
@@ -139,7 +138,7 @@ def test_tampered_blob_is_refused_and_part_rebuilt(
 
 
 def test_no_cache_configured_builds_everything(tmp_path: Path) -> None:
-    report = build(tmp_path / "offline", CacheSettings())
+    report = build(tmp_path / "offline", parse_cache_config())
     assert outcomes(report) == dict.fromkeys(("leaf", "middle", "top", "other"), "built")
 
 
@@ -168,7 +167,7 @@ def test_source_comes_from_the_cache_when_the_network_source_is_unreachable(
     assert seeded.key == "file-urlmd5:" + hashlib.md5(url.encode()).hexdigest()
 
     directory = tmp_path / "sw"
-    build(directory, cache.settings(), extra=SOURCE_PART.format(url=url, md5=md5))
+    build(directory, cache.config(), extra=SOURCE_PART.format(url=url, md5=md5))
     downloaded = directory / "parts" / "source" / "source"  # named after the part
     assert downloaded.read_bytes() == tarball.read_bytes()
     sources = json.loads((directory / REPORT_FILE).read_text())["sources"]
@@ -179,7 +178,7 @@ def test_missing_source_fails_naming_the_seed_command(cache: CacheFixture, tmp_p
     url = "http://127.0.0.1:9/never-seeded-2.0.tar.gz"
     extra = SOURCE_PART.format(url=url, md5="0" * 32)
     with pytest.raises(BuildError) as failure:
-        build(tmp_path / "sw", cache.settings(), extra=extra)
+        build(tmp_path / "sw", cache.config(), extra=extra)
     message = str(failure.value)
     assert "not in the cache" in message
     assert "kiln software seed-sources" in message
@@ -196,5 +195,5 @@ def test_source_with_wrong_checksum_in_cache_is_not_used(
     seed_file(cache.client(upload=True), impostor, url)
     pinned = hashlib.md5(b"the real tarball").hexdigest()
     with pytest.raises(BuildError) as failure:
-        build(tmp_path / "sw", cache.settings(), extra=SOURCE_PART.format(url=url, md5=pinned))
+        build(tmp_path / "sw", cache.config(), extra=SOURCE_PART.format(url=url, md5=pinned))
     assert "not in the cache" in str(failure.value)

@@ -66,6 +66,21 @@ def test_upload_download_range_and_head(cache_server: RunningCache) -> None:
     assert "POST /shacache" in cache_server.log()
 
 
+def test_suffix_and_unsatisfiable_ranges_and_conditional_gets(cache_server: RunningCache) -> None:
+    data = os.urandom(5_000)
+    digest = requests.post(f"{cache_server.url}/shacache", data=data, auth=cache_server.auth).text
+    url = f"{cache_server.url}/shacache/{digest}"
+    tail = requests.get(url, headers={"Range": "bytes=-100"})
+    assert (tail.status_code, tail.content) == (206, data[-100:])
+    assert tail.headers["Content-Range"] == "bytes 4900-4999/5000"
+    rest = requests.get(url, headers={"Range": "bytes=4990-"})
+    assert (rest.status_code, rest.content) == (206, data[4990:])
+    past = requests.get(url, headers={"Range": "bytes=5000-"})
+    assert (past.status_code, past.headers["Content-Range"]) == (416, "bytes */5000")
+    etag = requests.head(url).headers["ETag"]
+    assert requests.get(url, headers={"If-None-Match": etag}).status_code == 304
+
+
 def test_put_by_name_verifies_the_bytes(cache_server: RunningCache) -> None:
     data = b"named blob"
     digest = hashlib.sha512(data).hexdigest()

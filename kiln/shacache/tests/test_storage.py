@@ -6,7 +6,14 @@ from pathlib import Path
 import pytest
 
 from kiln.shacache.entries import Entry
-from kiln.shacache.storage import BlobStore, DirStore, HashMismatch, StorageFull, TooLarge
+from kiln.shacache.storage import (
+    BlobNotFound,
+    DiskBlobStore,
+    DiskDirStore,
+    HashMismatch,
+    StorageFull,
+    TooLarge,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -16,7 +23,7 @@ def files_under(root: Path) -> list[Path]:
 
 
 def test_blob_is_stored_under_its_hash_with_fan_out(tmp_path: Path) -> None:
-    store = BlobStore(tmp_path)
+    store = DiskBlobStore(tmp_path)
     writer = store.writer()
     writer.write(b"hello ")
     writer.write(b"world")
@@ -29,7 +36,7 @@ def test_blob_is_stored_under_its_hash_with_fan_out(tmp_path: Path) -> None:
 
 
 def test_hash_mismatch_and_size_limit_leave_nothing(tmp_path: Path) -> None:
-    store = BlobStore(tmp_path)
+    store = DiskBlobStore(tmp_path)
     writer = store.writer()
     writer.write(b"data")
     with pytest.raises(HashMismatch):
@@ -42,7 +49,7 @@ def test_hash_mismatch_and_size_limit_leave_nothing(tmp_path: Path) -> None:
 
 
 def test_identical_blobs_are_stored_once(tmp_path: Path) -> None:
-    store = BlobStore(tmp_path)
+    store = DiskBlobStore(tmp_path)
     writers = [store.writer() for _ in range(3)]
     for writer in writers:
         writer.write(b"same bytes")
@@ -52,14 +59,14 @@ def test_identical_blobs_are_stored_once(tmp_path: Path) -> None:
 
 
 def test_stale_uploads_from_a_killed_process_are_removed(tmp_path: Path) -> None:
-    store = BlobStore(tmp_path)
+    store = DiskBlobStore(tmp_path)
     store.writer().write(b"half an upload")  # never committed: as if the process died
     assert store.remove_stale_uploads() == 1
     assert files_under(tmp_path) == []
 
 
 def test_entries_are_append_only_newest_last_without_duplicates(tmp_path: Path) -> None:
-    dirs = DirStore(tmp_path)
+    dirs = DiskDirStore(tmp_path)
     first, second = Entry('{"sha512": "1"}', "a:QUJD"), Entry('{"sha512": "2"}', "a:QUJD")
     assert dirs.read("pypi:x=1") is None
     assert dirs.append("pypi:x=1", first)
@@ -67,6 +74,22 @@ def test_entries_are_append_only_newest_last_without_duplicates(tmp_path: Path) 
     assert not dirs.append("pypi:x=1", first)
     assert dirs.read("pypi:x=1") == [first, second]
     assert [key for key, _ in dirs.iter_keys()] == ["pypi:x=1"]
+
+
+def test_the_on_disk_format_is_the_one_existing_roots_hold(tmp_path: Path) -> None:
+    DiskDirStore(tmp_path).append("pypi:x=1", Entry('{"sha512": "1"}', "a:QUJD"))
+    name = hashlib.sha256(b"pypi:x=1").hexdigest()
+    stored = (tmp_path / "shadir" / name[:2] / f"{name}.json").read_bytes()
+    assert stored == b'{"key": "pypi:x=1", "entries": [["{\\"sha512\\": \\"1\\"}", "a:QUJD"]]}'
+    blobs = DiskBlobStore(tmp_path)
+    writer = blobs.writer()
+    writer.write(b"blob")
+    digest = writer.commit()
+    assert (tmp_path / "shacache" / digest[:2] / digest[2:4] / digest).read_bytes() == b"blob"
+    assert [(b.sha512, b.size) for b in blobs.iter_blobs()] == [(digest, 4)]
+    blobs.remove(digest)
+    with pytest.raises(BlobNotFound):
+        blobs.open(digest)
 
 
 @pytest.fixture
@@ -84,7 +107,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_full_disk_raises_storage_full_and_leaves_no_debris(small_disk: Path) -> None:
-    store = BlobStore(small_disk)
+    store = DiskBlobStore(small_disk)
     writer = store.writer()
     with pytest.raises(StorageFull):
         for _ in range(40):
@@ -93,4 +116,5 @@ def test_full_disk_raises_storage_full_and_leaves_no_debris(small_disk: Path) ->
     # Space is back: the next write works.
     writer = store.writer()
     writer.write(b"small")
-    assert store.exists(writer.commit())
+    with store.open(writer.commit()) as blob:
+        assert blob.read() == b"small"

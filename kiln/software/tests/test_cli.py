@@ -9,7 +9,8 @@ from click.testing import CliRunner
 
 from kiln.buildout.recipes import render_template
 from kiln.cli import main
-from kiln.software.build import CacheSettings, resolve_release
+from kiln.shacache.config import parse_cache_config
+from kiln.software.build import build_networkcache, resolve_release
 
 pytestmark = pytest.mark.unit
 
@@ -53,17 +54,17 @@ def test_status_of_a_directory_that_is_no_instance(tmp_path: Path) -> None:
     assert "is not an instance" in result.output
 
 
-def test_credentials_stay_out_of_download_urls(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("KILN_CACHE_USER", raising=False)
-    settings = CacheSettings(
-        url="http://alice:s3cret@127.0.0.1:8080", signing_key_file=Path("/k/builder.key")
-    )
-    options = settings.networkcache_options()
-    assert options["download-cache-url"] == "http://127.0.0.1:8080/shacache"
-    assert options["upload-cache-url"] == "http://alice:s3cret@127.0.0.1:8080/shacache"
+def test_credentials_stay_out_of_download_urls(tmp_path: Path) -> None:
+    key = tmp_path / "builder.key"
+    key.write_text("builder:secret\n")
+    url = "http://alice:s3cret@127.0.0.1:5080"
+    signed = parse_cache_config(flags={"url": url, "signing_key_file": key})
+    lines = build_networkcache(signed)
+    assert "download-cache-url = http://127.0.0.1:5080/shacache" in lines
+    assert "upload-cache-url = http://alice:s3cret@127.0.0.1:5080/shacache" in lines
     # Without a signing key nothing is uploaded, so no credentials are written at all.
-    unsigned = CacheSettings(url="http://alice:s3cret@127.0.0.1:8080").networkcache_options()
-    assert "upload-cache-url" not in unsigned
+    unsigned = build_networkcache(parse_cache_config(flags={"url": url}))
+    assert not any(line.startswith("upload-cache-url") for line in unsigned)
     assert "s3cret" not in str(unsigned)
 
 

@@ -37,7 +37,7 @@ def kvm_build(
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("qemu-system-x86_64 is not installed")
     return build_snapshot_release(
-        source_snapshot, "kvm", tmp_path_factory.mktemp("kvm"), release_cache.settings()
+        source_snapshot, "kvm", tmp_path_factory.mktemp("kvm"), release_cache.config()
     )
 
 

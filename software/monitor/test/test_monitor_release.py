@@ -30,7 +30,7 @@ def monitor_build(
         source_snapshot,
         "monitor",
         tmp_path_factory.mktemp("monitor"),
-        release_cache.settings(upload=True),
+        release_cache.config(upload=True),
     )
 
 

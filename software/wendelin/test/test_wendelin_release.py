@@ -38,7 +38,7 @@ def warm_build(
         source_snapshot,
         "wendelin",
         tmp_path_factory.mktemp("wendelin-warm"),
-        release_cache.settings(),
+        release_cache.config(),
     )
 
 
@@ -85,7 +85,7 @@ def test_leaf_option_change_rebuilds_only_that_part_and_dependents(
     result = build_release(
         source_snapshot / "software" / "wendelin",
         tmp_path / "software",
-        release_cache.settings(),
+        release_cache.config(),
         options={"zstd:optimisation": "-O1"},
         quiet=True,
     )
