@@ -50,17 +50,34 @@ class SupervisorUnavailable(Exception):
     pass
 
 
-def program_infos(root: Path) -> list[dict]:
-    """supervisord's getAllProcessInfo for the instance: name, pid, statename, start, ..."""
+def supervisor_proxy(root: Path) -> xmlrpc.client.ServerProxy:
+    """XML-RPC to the instance's supervisord, over its unix socket (as supervisorctl does)."""
     socket_path = supervisor_socket(root)
     if socket_path is None or not os.path.exists(socket_path):
         raise SupervisorUnavailable(f"no supervisord socket in {root} (instance down?)")
     transport = SupervisorTransport(None, None, f"unix://{socket_path}")
-    proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+    return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+
+
+def program_infos(root: Path) -> list[dict]:
+    """supervisord's getAllProcessInfo for the instance: name, pid, statename, start, ..."""
     try:
-        return proxy.supervisor.getAllProcessInfo()  # type: ignore[return-value]
+        return supervisor_proxy(root).supervisor.getAllProcessInfo()  # type: ignore[return-value]
     except (OSError, xmlrpc.client.Error) as error:
         raise SupervisorUnavailable(f"supervisord of {root} does not answer: {error}") from error
+
+
+def restart_program(root: Path, name: str) -> bool:
+    """Restart program ``name`` if the instance's supervisord runs it; answer whether it did."""
+    try:
+        proxy = supervisor_proxy(root)
+        info = proxy.supervisor.getProcessInfo(name)
+        if info["statename"] in ("RUNNING", "STARTING", "BACKOFF"):  # type: ignore[index]
+            proxy.supervisor.stopProcess(name, True)
+        proxy.supervisor.startProcess(name, False)
+    except (SupervisorUnavailable, OSError, xmlrpc.client.Error):
+        return False  # not running yet: supervisord starts it with the new configuration
+    return True
 
 
 @dataclass

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from kiln.common.durable import write_atomically
 from kiln.monitor import fluentd_config
+from kiln.monitor.agent import restart_program
 from kiln.monitor.parameters import MonitorParameters, ParameterError, load
 
 SETTINGS_FILE = Path("etc") / "monitor.json"
@@ -123,7 +124,7 @@ def configure(root: Path, fluentd: Path | None = None) -> Settings:
     config = fluentd_config.appliance_config(
         parameters, paths, shared_key, wendelin_policy["shared_key"], root.name
     )
-    write_atomically(root / FLUENTD_CONFIG, config.encode())
+    fluentd_changed = _write_if_changed(root / FLUENTD_CONFIG, config.encode())
     snippet = fluentd_config.remote_agent_snippet(parameters, shared_key)
     write_atomically(root / REMOTE_SNIPPET, snippet.encode())
     page_url = f"http://{parameters.host}:{parameters.monitor_port}"
@@ -144,7 +145,22 @@ def configure(root: Path, fluentd: Path | None = None) -> Settings:
         credentials_file=str(root / CREDENTIALS_FILE),
         database=str(root / "srv" / "monitor" / "promises.sqlite"),
     )
-    write_atomically(root / SETTINGS_FILE, json.dumps(asdict(settings), indent=2).encode())
+    settings_changed = _write_if_changed(
+        root / SETTINGS_FILE, json.dumps(asdict(settings), indent=2).encode()
+    )
     if fluentd is not None:
         check_with_fluentd(fluentd, root / FLUENTD_CONFIG)
+    # supervisor restarts a program when its command changes, not when a file it reads
+    # does: a running fluentd or monitor is restarted here to read its new configuration.
+    if fluentd_changed:
+        restart_program(root, "fluentd")
+    if settings_changed:
+        restart_program(root, "monitor")
     return settings
+
+
+def _write_if_changed(path: Path, data: bytes) -> bool:
+    if path.is_file() and path.read_bytes() == data:
+        return False
+    write_atomically(path, data)
+    return True

@@ -133,7 +133,7 @@ def appliance_config(
   @type grep
   <exclude>
     key message
-    pattern / INFO kiln\.wendelin\.forward: forward /
+    pattern / INFO kiln\\.wendelin\\.forward: forward /
   </exclude>
 </filter>
 

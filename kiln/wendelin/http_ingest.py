@@ -7,11 +7,13 @@ work. Unlike Wendelin, a byte-identical resend is not appended twice, timestamps
 a tag the policy does not take is refused (403) instead of dropped with a 200.
 """
 
+import hashlib
 import json
 import logging
 import time
 import urllib.parse
 from collections.abc import Awaitable
+from typing import TYPE_CHECKING
 
 import msgpack
 from aiohttp import web
@@ -27,7 +29,11 @@ from kiln.wendelin.httputil import (
     unavailable,
 )
 from kiln.wendelin.ingest import TagRejected, ingest, ingest_http_chunk
+from kiln.wendelin.policies import Policy
 from kiln.wendelin.streams import StreamKindError, StreamUnavailable
+
+if TYPE_CHECKING:
+    from kiln.wendelin.service import Service
 
 log = logging.getLogger(__name__)
 FORM = "application/x-www-form-urlencoded"
@@ -51,11 +57,36 @@ async def fluentd_ingest(request: web.Request) -> web.StreamResponse:
         body = await read_body(request, limit)
     except BodyTooLarge:
         return too_large(limit)
+    if request.content_type in RECORD_TYPES:
+        return await _ingest_records(service, policy, tag, body, request.content_type)
     try:
         data = _data_of_form(body) if _is_form(body) else body
     except chunks.ChunkError as problem:
         return error(400, str(problem))
     return await _answer(ingest_http_chunk(service.store, policy, tag, data, _entries_of_chunk))
+
+
+# What fluentd's out_http sends (<format> json: ndjson; msgpack: records in a row), as
+# opposed to fluent-plugin-wendelin's raw chunk of [time, record] entries (octet-stream).
+RECORD_TYPES = ("application/x-ndjson", "application/jsonl", "application/x-msgpack")
+
+
+async def _ingest_records(
+    service: "Service", policy: Policy, tag: str, body: bytes, content_type: str
+) -> web.Response:
+    """out_http pointed at a policy's ingest URL: records stamped with their arrival time.
+
+    out_http resends a chunk byte for byte until it gets a 2xx, so the body's hash is the
+    dedup key: a resend is acknowledged without a second copy.
+    """
+    try:
+        records = _decode_records(body, content_type)
+        stamp = eventtime.pack(time.time())
+        chunk = chunks.pack_entries([[stamp, record] for record in records])
+    except (ValueError, msgpack.UnpackException, chunks.ChunkError) as problem:
+        return error(400, f"malformed body, nothing appended: {problem}")
+    key = hashlib.sha256(b"http-records\0" + tag.encode() + b"\0" + body).digest()
+    return await _answer(ingest(service.store, policy, tag, chunk, key))
 
 
 def _data_of_form(body: bytes) -> bytes:
