@@ -47,6 +47,25 @@ def seed_fluentd_source(client) -> None:
     seed_file(client, fluentd_archive(), fluentd_source_option("url"))
 
 
+def unpacked_fluentd(directory: Path) -> Path:
+    """The peers' fluentd unpacked in ``directory`` (checked against the profile's tree
+    hash), with a bin/fluentd like the component's: the source tree on Debian's Ruby."""
+    import shutil
+
+    from kiln.buildout.tree_hash import unpack_verified
+
+    ruby = shutil.which("ruby")
+    if ruby is None:
+        raise FileNotFoundError("ruby is not installed (.ci/apt-packages.txt lists it)")
+    source = directory / "source"
+    unpack_verified(fluentd_archive(), source, fluentd_source_option("tree-hash"), "peers")
+    program = directory / "fluentd"
+    command = f'{ruby} -I {source}/lib {source}/bin/fluentd --disable-shared-socket "$@"'
+    program.write_text(f"#!/bin/sh\nexec {command}\n")
+    program.chmod(0o755)
+    return program
+
+
 class Fluentd:
     """One fluentd (supervisor + worker) running ``config``; its log in ``directory``."""
 

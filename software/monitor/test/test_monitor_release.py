@@ -78,7 +78,7 @@ class Appliance:
         with self.wendelin() as context:
             if stream not in context.streams:
                 return []
-            return [record for _, record in context.streams[stream].entries()]
+            return [as_text(record) for _, record in context.streams[stream].entries()]
 
     def status(self) -> dict:
         answer = requests.get(
@@ -113,6 +113,18 @@ def appliance(
             json.loads((root / "etc" / "monitor-credentials.json").read_text()),
             watched,
         )
+
+
+def as_text(value: object) -> object:
+    """fluentd's in_tail reads lines as binary strings, which msgpack stores as bin: Wendelin
+    keeps them byte for byte, and the client reads them back as bytes."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, dict):
+        return {as_text(k): as_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [as_text(v) for v in value]
+    return value
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
