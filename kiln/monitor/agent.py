@@ -153,9 +153,9 @@ class Agent:
         record = {
             "cpu_percent": psutil.cpu_percent(interval=None),
             "cpu_count": psutil.cpu_count(),
-            "load1": load1,
-            "load5": load5,
-            "load15": load15,
+            "load1": round(load1, 2),
+            "load5": round(load5, 2),
+            "load15": round(load15, 2),
             "memory_percent": memory.percent,
             "memory_used_mib": round(memory.used / MIB, 1),
             "memory_available_mib": round(memory.available / MIB, 1),

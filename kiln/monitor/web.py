@@ -189,7 +189,7 @@ th { background: #f3f5f7; } td.n { text-align: right; font-variant-numeric: tabu
 .state.ok { background: #2ca02c; } .state.fail { background: #d62728; }
 .mark { display: inline-block; width: .55em; height: 1em; margin-right: 1px; }
 .mark.ok { background: #2ca02c; } .mark.fail { background: #d62728; }
-.muted { color: #777; } .summary { font-size: 1.1em; }
+.muted { color: #777; } .summary { font-size: 1.1em; } .history { white-space: nowrap; }
 """
 
 

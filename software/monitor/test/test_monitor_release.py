@@ -261,6 +261,7 @@ def test_wendelin_killed_while_data_flows_loses_and_duplicates_nothing(
     appliance: Appliance, tmp_path: Path
 ) -> None:
     tail = tmp_path / "app.log"
+    tail.touch()  # in_tail looks for new files only every 60 s (refresh_interval)
     config = remote_agent_config(appliance.remote_snippet(), tmp_path / "agent", tail, "agent.k")
     with Fluentd(appliance.fluentd, tmp_path / "agent", config).wait_running():
         writer = subprocess.Popen(
