@@ -257,6 +257,13 @@ def wendelin_pid(appliance: Appliance) -> int:
     return supervisor_proxy(appliance.root).supervisor.getProcessInfo("wendelin")["pid"]
 
 
+def wendelin_healthy(appliance: Appliance) -> bool:
+    try:
+        return requests.get(appliance.wendelin_url + "/healthz", timeout=5).ok
+    except requests.ConnectionError:
+        return False
+
+
 def test_wendelin_killed_while_data_flows_loses_and_duplicates_nothing(
     appliance: Appliance, tmp_path: Path
 ) -> None:
@@ -282,6 +289,7 @@ def test_wendelin_killed_while_data_flows_loses_and_duplicates_nothing(
             os.kill(before, signal.SIGKILL)
             # supervisor starts it again; the appliance's fluentd retries meanwhile.
             wait_for(lambda b=before: wendelin_pid(appliance) not in (0, b), 60, "restart")
+            wait_for(lambda: wendelin_healthy(appliance), 60, "Wendelin answers again")
             time.sleep(1)
         assert writer.wait(120) == 0
         wait_for(lambda: len(appliance.entries("agent.k")) >= 4000, 180, "4000 lines")
