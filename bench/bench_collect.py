@@ -2,14 +2,15 @@
 into Wendelin with acknowledgements, beside the same fluentd writing the lines to a local file
 (out_file) in the same run; and the monitor agent's own CPU.
 
-    python bench/bench_collect.py [--lines 300000] [--rounds 3] [--instance DIR]
+    python bench/bench_collect.py [--lines 1000000] [--rounds 3] [--instance DIR]
 
 Both paths read the same file with in_tail (read_from_head) and use the same file buffer
 settings (flush every second); the rate counts from the moment fluentd is started (Ruby's
 start-up, about 2 s, is in both) to the moment the last line is in Wendelin (committed,
 fsynced) or in the out_file file.  Rounds alternate the two paths.  The appliance's fluentd
-runs the configuration the monitor instance writes (kiln.monitor.fluentd_config).  The agent's CPU is measured on a running
-monitor instance (--instance, default ~/.kiln/instance/monitor), if there is one.
+runs the configuration the monitor instance writes (kiln.monitor.fluentd_config).  The
+agent's CPU is measured on a running monitor instance (--instance, default
+~/.kiln/instance/monitor), if there is one.
 """
 
 from __future__ import annotations
