@@ -12,6 +12,7 @@ import pytest
 
 from kiln.software.build import BuildResult
 from kiln.software.seed import seed_debian_package
+from kiln.testing.fluentd import seed_fluentd_source
 from kiln.testing.releases import (
     DEBIAN_SOURCES,
     CacheFixture,
@@ -23,11 +24,13 @@ from kiln.testing.releases import (
 
 @pytest.fixture(scope="session")
 def release_cache(tmp_path_factory: pytest.TempPathFactory):
-    """A real `kiln cache serve`, seeded with the Debian sources the releases compile."""
+    """A real `kiln cache serve`, seeded with the sources the releases build: Debian's, and
+    fluentd's archive from ../shared/peers/ under its upstream URL (as an offline site is)."""
     running = start_test_cache(tmp_path_factory.mktemp("release-cache"))
     client = running.client(upload=True)
     for spec in DEBIAN_SOURCES:
         seed_debian_package(client, spec)
+    seed_fluentd_source(client)
     yield running
     running.stop()
 

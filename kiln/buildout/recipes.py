@@ -329,3 +329,28 @@ class RequireFile:
         return []
 
     update = install
+
+
+class Command:
+    """Runs ``command`` every time the instance is requested (install and update).
+
+    For steps that must see the instance's current parameters each time, such as writing a
+    service's configuration from them and checking it.  A failure stops buildout with the
+    command's own message (its stderr, or its stdout when stderr is empty), which names the
+    bad input.  Output is not logged: it may name secrets.
+    """
+
+    def __init__(self, buildout: Any, name: str, options: Options) -> None:
+        self.name = name
+        self.options = options
+
+    def install(self) -> list[str]:
+        result = subprocess.run(
+            ["/bin/sh", "-c", self.options["command"]], capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            message = (result.stderr.strip() or result.stdout.strip())[-3000:]
+            raise zc.buildout.UserError(f"[{self.name}] {message}")
+        return []
+
+    update = install

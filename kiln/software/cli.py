@@ -254,6 +254,8 @@ def up_command(
     _print_checks(root, checks)
     for path in current.description.get("credentials", []):
         click.echo(f"credentials generated for this instance (mode 0600): {path}")
+    for path in current.description.get("connection", []):
+        click.echo(f"\nhow to connect ({path}):\n{Path(path).read_text().rstrip()}")
     if not all(check.ok for check in checks):
         sys.exit(1)
 

@@ -7,6 +7,7 @@ work. Unlike Wendelin, a byte-identical resend is not appended twice, timestamps
 a tag the policy does not take is refused (403) instead of dropped with a 200.
 """
 
+import hashlib
 import json
 import time
 import urllib.parse
@@ -16,7 +17,9 @@ from aiohttp import web
 
 from kiln.wendelin import chunks, eventtime
 from kiln.wendelin.httputil import decoding, error, read_body, service_of, unauthorized
+from kiln.wendelin.policies import Policy
 from kiln.wendelin.refusals import Malformed
+from kiln.wendelin.router import Router
 
 FORM = "application/x-www-form-urlencoded"
 
@@ -34,8 +37,31 @@ async def fluentd_ingest(request: web.Request) -> web.StreamResponse:
     if not tag:
         return error(400, "missing ?reference=<tag>")
     body = await read_body(request, service.limits.max_chunk_bytes)
+    if request.content_type in RECORD_TYPES:
+        return await _ingest_records(service.router, policy, tag, body, request.content_type)
     data = _data_of_form(body) if _is_form(body) else body
     return _stored(await service.router.emit_unparsed(policy, tag, data, _entries_of_chunk))
+
+
+# What fluentd's out_http sends (<format> json: ndjson; msgpack: records in a row), as
+# opposed to fluent-plugin-wendelin's raw chunk of [time, record] entries (octet-stream).
+RECORD_TYPES = ("application/x-ndjson", "application/jsonl", "application/x-msgpack")
+
+
+async def _ingest_records(
+    router: Router, policy: Policy, tag: str, body: bytes, content_type: str
+) -> web.Response:
+    """out_http pointed at a policy's ingest URL: records stamped with their arrival time.
+
+    out_http resends a chunk byte for byte until it gets a 2xx, so the body's hash is the
+    chunk's id: a resend is acknowledged without a second copy.
+    """
+    with decoding():
+        records = _decode_records(body, content_type)
+        stamp = eventtime.pack(time.time())
+        chunk = chunks.pack_entries([[stamp, record] for record in records])
+    chunk_id = hashlib.sha256(b"http-records\0" + tag.encode() + b"\0" + body).digest()
+    return _stored(await router.emit(policy, tag, chunk, chunk_id))
 
 
 def _data_of_form(body: bytes) -> bytes:

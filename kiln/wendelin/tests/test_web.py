@@ -1,59 +1,15 @@
 """Web pages in real headless Chromium (Debian's `chromium`), with screenshots."""
 
 import os
-import shutil
-import struct
-import subprocess
-import tempfile
 
 import msgpack
 import pytest
 import requests
 
+from kiln.testing.chromium import browse, keep, png_size
 from kiln.wendelin import eventtime
 
 pytestmark = pytest.mark.integration
-
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--hide-scrollbars",
-    "--window-size=1280,900",
-]
-
-
-def chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if path := shutil.which(name):
-            return path
-    if os.environ.get("CI"):
-        pytest.fail("chromium is missing (Debian package `chromium`, see .ci/apt-packages.txt)")
-    pytest.skip("chromium is not installed")
-
-
-def browse(url: str, *action: str) -> subprocess.CompletedProcess[str]:
-    """Run Chromium once with a fresh profile: ``--screenshot=...`` or ``--dump-dom``."""
-    with tempfile.TemporaryDirectory() as profile:
-        return subprocess.run(
-            [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *action, url],
-            capture_output=True,
-            text=True,
-            timeout=90,
-            check=True,
-        )
-
-
-def png_size(path: str) -> tuple[int, int]:
-    with open(path, "rb") as image:
-        header = image.read(24)
-    assert header[:8] == b"\x89PNG\r\n\x1a\n"
-    return struct.unpack(">II", header[16:24])
 
 
 @pytest.fixture(scope="module")
@@ -67,13 +23,6 @@ def site(deployment):
     assert requests.post(url, data=body, auth=auth).status_code == 204
     user, password = auth
     return deployment, f"http://{user}:{password}@127.0.0.1:{deployment.server.http_port}"
-
-
-def keep(path: str) -> None:
-    """CI can collect the screenshots: WENDELIN_SCREENSHOT_DIR=... pytest ..."""
-    if directory := os.environ.get("WENDELIN_SCREENSHOT_DIR"):
-        os.makedirs(directory, exist_ok=True)
-        shutil.copy(path, directory)
 
 
 def test_overview_page_lists_policies_and_streams(site, tmp_path) -> None:

@@ -1,0 +1,1 @@
+"""The appliance's monitor: machine and program samples, promises, and their page."""
