@@ -176,8 +176,6 @@ def unpack_part(
     """
     root = buildout_directory.resolve()
     paths = list(paths)
-    if not paths:
-        raise ArchiveError("the entry installs nothing (no installed path)")
     if str(root) != built_in and not relocatable:
         raise ArchiveError(
             f"the cached part embeds its build directory {built_in} in binary files "
@@ -208,8 +206,9 @@ def unpack_part(
             if member.isdir():
                 directory_modes.append((root / member.name, member.mode))
                 os.chmod(root / member.name, stat.S_IMODE(member.mode) | stat.S_IRWXU)
-    if not any(path.is_file() for path in extracted):
-        raise ArchiveError("the archive holds no file: nothing would be installed")
+    if not paths or not any(path.is_file() for path in extracted):
+        # An empty part restored would be reported a hit while nothing is installed.
+        raise ArchiveError("the entry installs nothing (no installed path or no file)")
     if str(root) != built_in:
         _relocate(extracted, built_in.encode(), str(root).encode())
     for directory, mode in reversed(directory_modes):
