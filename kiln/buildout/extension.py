@@ -124,11 +124,13 @@ class BinaryCache:
         paths[section["bin-directory"]] = "@BIN-DIRECTORY@"
         if self.source_root:
             paths[self.source_root] = "@SOURCE@"
-        # No other path of this machine may enter a signature either: where the profiles,
-        # the shared parts and the user's home are (whole path components only).
+        # No other path of this machine may enter a signature either: where the profiles
+        # and the shared parts are (whole path components only).  The home directory is not
+        # replaced as such: what lives there by default (~/.kiln/software, ~/.kiln/shared) is
+        # replaced above, and a Python under it (pyenv) is a real input of the venvs, which
+        # link to it.
         bounded = {str(d): "@PROFILE@" for d in self.profile_directories}
         bounded.update({root: "@SHARED@" for root in shared_roots(section)})
-        bounded[str(Path.home())] = "@HOME@"
         return PathNormaliser(paths, bounded)
 
     def attach(self, parts: list[str]) -> None:
