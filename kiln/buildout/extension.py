@@ -70,6 +70,8 @@ REPORT_FILE = ".kiln-binary-cache.json"
 # signature changed (a dependency changed) is reinstalled even when its own options did not.
 # The leading underscore keeps it out of the signatures themselves.
 SIGNATURE_OPTION = "__kiln_signature__"
+# Set by `kiln software build`, which prints its own summary table: one summary, not two.
+CALLER_PRINTS_SUMMARY = "KILN_CALLER_PRINTS_SUMMARY"
 
 
 @dataclass
@@ -302,7 +304,8 @@ class BinaryCache:
         for report in self.reports.values():
             counts[report.outcome] = counts.get(report.outcome, 0) + 1
         summary = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
-        log.info("binary cache summary: %s", summary or "no parts")
+        if not os.environ.get(CALLER_PRINTS_SUMMARY):
+            log.info("binary cache summary: %s", summary or "no parts")
         inputs = self.calculator.inputs if self.calculator else {}
         document = {
             "parts": {name: asdict(report) for name, report in self.reports.items()},

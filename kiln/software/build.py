@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from kiln.buildout.extension import REPORT_FILE
+from kiln.buildout.extension import CALLER_PRINTS_SUMMARY, REPORT_FILE
 from kiln.shacache.config import CacheConfig, networkcache_lines, parse_cache_config
 
 GENERATED_PROFILE = "kiln-build.cfg"
@@ -145,8 +145,14 @@ def run_buildout(profile: Path, directory: Path, quiet: bool = False) -> None:
         "install",
     ]
     output = subprocess.PIPE if quiet else None
+    environment = {**os.environ, CALLER_PRINTS_SUMMARY: "1"}
     result = subprocess.run(
-        command, cwd=directory, stdout=output, stderr=subprocess.STDOUT, text=True
+        command,
+        cwd=directory,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=environment,
     )
     if result.returncode != 0:
         tail = f":\n{result.stdout[-4000:]}" if quiet and result.stdout else ""
