@@ -9,6 +9,7 @@ share the module's builds.
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,18 @@ def test_dependents_of_a_part_of_the_software_directory_are_rebuilt_in_place(
         release, directory, None, {**not_shared, "liba:optimisation": "-O1"}, quiet=True
     )
     assert outcomes(unchanged) == dict.fromkeys(PARTS, "unchanged")
+
+
+def test_the_command_prints_one_summary_and_takes_buildout_options(
+    release: Path, work: Path
+) -> None:
+    """`kiln software build` prints its table; the extension's own summary line is for
+    buildout runs without kiln."""
+    command = [sys.executable, "-m", "kiln", "software", "build", str(release)]
+    command += ["--software-dir", str(work / "cli"), "--shared-dir", str(work / "cli-shared")]
+    command += ["--set", "buildout:newest=false"]  # joins the generated [buildout] section
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert "binary cache summary" not in output
+    assert output.count("4 parts: 4 built") == 1

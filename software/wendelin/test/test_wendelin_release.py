@@ -10,9 +10,11 @@ from pathlib import Path
 
 import msgpack
 import pytest
+from click.testing import CliRunner
 
+from kiln.cli import main
 from kiln.software.build import BuildResult, build_release
-from kiln.software.instance import Instance, instantiate
+from kiln.software.instance import Instance
 from kiln.testing.releases import (
     CacheFixture,
     assert_software_links_sanely,
@@ -126,9 +128,15 @@ def test_instance_serves_ingest_with_generated_credentials_and_is_idempotent(
         assert ingest(f"http://127.0.0.1:{http_port}", policy, "sensor.a", [{"v": 1}]) == 204
 
         pid_before = (root / "var" / "run" / "supervisord.pid").read_text()
-        again = instantiate(warm_build.software_dir, root, parameters)
-        again.start()
-        assert all(c.ok for c in again.wait_healthy(30))
+        again = CliRunner().invoke(
+            main,
+            ["instance", "up", "wendelin", "--software-dir", str(warm_build.software_dir)]
+            + ["--root", str(root), "--timeout", "30"]
+            + [f"--param={name}={value}" for name, value in parameters.items()],
+        )
+        assert again.exit_code == 0, again.output
+        assert "credentials kept from the previous request" in again.output
+        assert "generated" not in again.output
         assert (root / "var" / "run" / "supervisord.pid").read_text() == pid_before
         assert json.loads(credentials_file.read_text()) == policy
     assert run.stopped
