@@ -154,20 +154,24 @@ def file_digests(
     values: Iterable[str],
     source_roots: Iterable[Path],
     profile_roots: Iterable[Path] = (),
+    output_roots: Iterable[Path] = (),
 ) -> dict[str, str]:
     """sha256 of files under the source tree or a profile directory that option values name.
 
     A template or patch given by path must rebuild the part when its content changes,
     even though the option value (the path) stays the same.  Keys are normalised paths
     (``@SOURCE@/...``, ``@PROFILE@/...``); a second file with the same key gets ``#2``.
+    Files under ``output_roots`` (the software and shared directories) are what builds
+    write, never inputs, even when a profile directory contains them.
     """
     roots = [(root.resolve(), "@SOURCE@") for root in source_roots]
     roots += [(root.resolve(), "@PROFILE@") for root in profile_roots]
+    outputs = [root.resolve() for root in output_roots]
     digests: dict[str, str] = {}
     for value in values:
         for token in value.split():
             resolved = _named_file(token)
-            if resolved is None:
+            if resolved is None or any(resolved.is_relative_to(out) for out in outputs):
                 continue
             for root, placeholder in roots:
                 if resolved.is_relative_to(root):
@@ -199,6 +203,7 @@ class SignatureCalculator:
         source_roots: Iterable[Path] = (),
         platform: Mapping[str, str] | None = None,
         profile_roots: Iterable[Path] = (),
+        output_roots: Iterable[Path] = (),
     ) -> None:
         self._raw = raw
         self._cooked = cooked
@@ -206,6 +211,7 @@ class SignatureCalculator:
         self._normalise = normalise
         self._source_roots = list(source_roots)
         self._profile_roots = list(profile_roots)
+        self._output_roots = list(output_roots)
         self._platform = dict(platform if platform is not None else platform_tuple())
         self._signatures: dict[str, str] = {}
         self.inputs: dict[str, PartInputs] = {}
@@ -242,7 +248,9 @@ class SignatureCalculator:
             recipe=recipe,
             recipe_version=recipe_version(recipe),
             options=normalised,
-            files=file_digests(options.values(), self._source_roots, self._profile_roots),
+            files=file_digests(
+                options.values(), self._source_roots, self._profile_roots, self._output_roots
+            ),
             dependencies={
                 dep: self.signature(dep, (*_stack, part))
                 for dep in sorted(self.part_dependencies(part))
