@@ -79,6 +79,7 @@ class PartReport:
     part: str
     signature: str
     # hit | built | uploaded | unchanged | shared (already built in the shared directory)
+    # | no-files (the recipe installed no file, e.g. a check: nothing to cache)
     outcome: str = "unchanged"
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -110,10 +111,13 @@ class BinaryCache:
         self.calculator: SignatureCalculator | None = None
         # Profile directories outside the checkout (under it, @SOURCE@ already applies).
         source = Path(self.source_root).resolve() if self.source_root else None
+        # Not the software directory either: `kiln software build` writes its generated
+        # profile there, and the files next to it are outputs of earlier runs.
         self.profile_directories = [
             d
             for d in profile_directories or []
-            if source is None or not d.resolve().is_relative_to(source)
+            if (source is None or not d.resolve().is_relative_to(source))
+            and not d.resolve().is_relative_to(self.directory.resolve())
         ]
 
     # -- signatures ---------------------------------------------------------------------
@@ -150,6 +154,8 @@ class BinaryCache:
             roots,
             platform_tuple(),
             self.profile_directories,
+            # What builds write is never an input, even inside a profile directory.
+            [self.directory, *(Path(root) for root in shared_roots(self.buildout["buildout"]))],
         )
         for part in parts:
             signature = self.calculator.signature(part)
@@ -190,8 +196,14 @@ class BinaryCache:
                 # A shared part returns no path: buildout must never remove it.
                 return () if shared is not None else restored
             installed = install(*args)
-            report.outcome = "built"
             report.seconds = time.monotonic() - started
+            if shared is None and not _existing(installed):
+                # A check (the machine's Python, a required command): nothing to cache, and
+                # an empty entry would later be reported a hit that installs nothing.
+                report.outcome = "no-files"
+                self._note(report, "installed no file: nothing to cache (%.1f s)", report.seconds)
+                return installed
+            report.outcome = "built"
             self._note(report, "built in %.1f s", report.seconds)
             if self.enabled:
                 self._publish(report, installed, shared)
@@ -316,6 +328,12 @@ class BinaryCache:
         }
         path = self.directory / REPORT_FILE
         path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def _existing(installed: Any) -> list[str]:
+    """The paths a recipe's install returned that exist."""
+    paths = [installed] if isinstance(installed, str) else list(installed or ())
+    return [p for p in paths if os.path.lexists(p)]
 
 
 class _LazySections:

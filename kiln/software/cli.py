@@ -30,7 +30,7 @@ def print_parts(result: BuildResult) -> None:
     built = result.count("built", "uploaded")
     click.echo(
         f"{len(result.parts)} parts: {built} built, {result.count('hit')} from the cache, "
-        f"{result.count('shared')} already shared, "
+        f"{result.count('shared')} already shared, {result.count('no-files')} with no file, "
         f"{result.count('uploaded')} uploaded, {result.count('unchanged')} unchanged; "
         f"{result.seconds:.1f} s"
     )
