@@ -24,22 +24,22 @@ def write(path: Path, text: str) -> Path:
 
 def test_each_value_points_next_to_the_file_that_wrote_it(tmp_path: Path) -> None:
     write(
-        tmp_path / "component" / "liba" / "buildout.cfg",
+        tmp_path / "comp" / "liba" / "buildout.cfg",
         "[liba]\nrecipe = kiln:render\npatches = ${:_profile_base_location_}/a.patch\n",
     )
     release = write(
         tmp_path / "software" / "x" / "software.cfg",
-        "[buildout]\nextends = ../../component/liba/buildout.cfg\nparts =\n"
+        "[buildout]\nextends = ../../comp/liba/buildout.cfg\nparts =\n"
         "[liba]\nhook = ${:_profile_base_location_}/hook.py\n",
     )
     buildout = load(release)
     directories = apply_profile_base_location(buildout)
     liba = buildout["liba"]
-    assert liba["patches"] == f"{tmp_path}/component/liba/a.patch"
+    assert liba["patches"] == f"{tmp_path}/comp/liba/a.patch"
     assert liba["hook"] == f"{tmp_path}/software/x/hook.py"
     # The section's own base: where its recipe was set (slapos.recipe.cmmi reads it).
-    assert liba[OPTION] == f"{tmp_path}/component/liba"
-    assert tmp_path / "component" / "liba" in directories
+    assert liba[OPTION] == f"{tmp_path}/comp/liba"
+    assert tmp_path / "comp" / "liba" in directories
 
 
 def test_upstream_buildout_alone_refuses_the_option(tmp_path: Path) -> None:

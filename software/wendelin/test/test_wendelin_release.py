@@ -12,8 +12,8 @@ import msgpack
 import pytest
 from click.testing import CliRunner
 
-from kiln.cli import main
 from kiln.software.build import BuildResult, build_release
+from kiln.software.cli import instance as instance_command
 from kiln.software.instance import Instance
 from kiln.testing.releases import (
     CacheFixture,
@@ -131,8 +131,8 @@ def test_instance_serves_ingest_with_generated_credentials_and_is_idempotent(
 
         pid_before = (root / "var" / "run" / "supervisord.pid").read_text()
         again = CliRunner().invoke(
-            main,
-            ["instance", "up", "wendelin", "--software-dir", str(warm_build.software_dir)]
+            instance_command,
+            ["up", "wendelin", "--software-dir", str(warm_build.software_dir)]
             + ["--root", str(root), "--timeout", "30"]
             + [f"--param={name}={value}" for name, value in parameters.items()],
         )
