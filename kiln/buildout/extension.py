@@ -248,6 +248,11 @@ class BinaryCache:
             with tempfile.TemporaryDirectory(prefix="kiln-part-") as tmp:
                 archive = Path(tmp) / f"part.{ARCHIVE_FORMAT}"
                 try:
+                    if bool(entry.get("shared", False)) != (shared is not None):
+                        # Paths relative to the wrong root would land in the wrong place.
+                        raise ArchiveError(
+                            "the entry is for a shared part and this one is not, or the reverse"
+                        )
                     self.client.download(entry["sha512"], archive)
                     restored = unpack_part(
                         archive,
