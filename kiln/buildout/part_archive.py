@@ -10,7 +10,7 @@ and unpacking refuses it anywhere but in the directory it was built in.
 from __future__ import annotations
 
 import os
-import shutil
+import stat
 import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import zstandard
+
+from kiln.buildout.shared_parts import remove_tree
 
 ARCHIVE_FORMAT = "tar.zst"
 
@@ -59,8 +61,9 @@ def _is_binary(data: bytes) -> bool:
 def pack_part(installed: Iterable[str], buildout_directory: Path, dest_dir: Path) -> PackResult:
     """Pack installed paths (all inside ``buildout_directory``) into a .tar.zst archive.
 
-    Raises ArchiveError when a path lies outside the buildout directory: such a part
-    writes somewhere the cache cannot restore.
+    Raises ArchiveError when a path lies outside the buildout directory (such a part
+    writes somewhere the cache cannot restore), or when there is nothing to pack: an empty
+    archive would be restored as a hit that installs nothing.
     """
     root = buildout_directory.resolve()
     needle = str(root).encode()
@@ -74,6 +77,8 @@ def pack_part(installed: Iterable[str], buildout_directory: Path, dest_dir: Path
             raise ArchiveError(f"installed path {item} is outside the buildout directory {root}")
         if absolute.exists() or absolute.is_symlink():
             relative_paths.append(str(absolute.relative_to(root)))
+    if not relative_paths:
+        raise ArchiveError("the part installed nothing in the buildout directory")
 
     binaries_with_path: list[str] = []
     fd, name = tempfile.mkstemp(suffix=f".{ARCHIVE_FORMAT}", dir=dest_dir)
@@ -170,6 +175,7 @@ def unpack_part(
     rewritten to the new directory.
     """
     root = buildout_directory.resolve()
+    paths = list(paths)
     if str(root) != built_in and not relocatable:
         raise ArchiveError(
             f"the cached part embeds its build directory {built_in} in binary files "
@@ -182,11 +188,10 @@ def unpack_part(
         if _through_link(root, target.relative_to(root)):
             raise ArchiveError(f"unsafe installed path in archive: {target} lies below a link")
     for target in targets:
-        if target.is_symlink() or target.is_file():
-            target.unlink()
-        elif target.is_dir():
-            shutil.rmtree(target)
+        remove_tree(target)
     extracted: list[Path] = []
+    # Read-only directories (shared parts are) get their mode once their content is in.
+    directory_modes: list[tuple[Path, int]] = []
     decompressor = zstandard.ZstdDecompressor()
     with (
         archive.open("rb") as raw,
@@ -198,8 +203,16 @@ def unpack_part(
             _check_member(member, root, seen)
             tar.extract(member, path=root, filter="tar")
             extracted.append(root / member.name)
+            if member.isdir():
+                directory_modes.append((root / member.name, member.mode))
+                os.chmod(root / member.name, stat.S_IMODE(member.mode) | stat.S_IRWXU)
+    if not paths or not any(path.is_file() for path in extracted):
+        # An empty part restored would be reported a hit while nothing is installed.
+        raise ArchiveError("the entry installs nothing (no installed path or no file)")
     if str(root) != built_in:
         _relocate(extracted, built_in.encode(), str(root).encode())
+    for directory, mode in reversed(directory_modes):
+        os.chmod(directory, stat.S_IMODE(mode))
     return [str(t) for t in targets]
 
 

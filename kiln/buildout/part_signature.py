@@ -63,16 +63,31 @@ def distribution(os_release: Path = Path("/etc/os-release")) -> str:
 
 
 class PathNormaliser:
-    """Replaces install paths in option values with stable placeholders."""
+    """Replaces install paths in option values with stable placeholders.
 
-    def __init__(self, paths: Mapping[str, str]) -> None:
+    ``paths`` are replaced wherever they occur (the historical rule, kept so that existing
+    signatures do not change); ``bounded`` paths only where a whole path component ends, so
+    that a short path such as the home directory does not eat into a longer name.
+    """
+
+    def __init__(self, paths: Mapping[str, str], bounded: Mapping[str, str] | None = None) -> None:
+        cleaned = [(os.path.normpath(p), name, False) for p, name in paths.items() if p]
+        cleaned += [(os.path.normpath(p), name, True) for p, name in (bounded or {}).items() if p]
+        seen: set[str] = set()
+        unique = []
+        for path, name, is_bounded in cleaned:
+            if path not in seen and path != "/":
+                seen.add(path)
+                unique.append((path, name, is_bounded))
         # Longest first, so that /sw/parts is replaced before /sw.
-        cleaned = {os.path.normpath(p): name for p, name in paths.items() if p}
-        self._paths = sorted(cleaned.items(), key=lambda item: -len(item[0]))
+        self._paths = sorted(unique, key=lambda item: -len(item[0]))
 
     def __call__(self, value: str) -> str:
-        for path, placeholder in self._paths:
-            value = value.replace(path, placeholder)
+        for path, placeholder, is_bounded in self._paths:
+            if is_bounded:
+                value = re.sub(re.escape(path) + r"(?![\w.+-])", placeholder, value)
+            else:
+                value = value.replace(path, placeholder)
         return value
 
 
@@ -121,29 +136,52 @@ def referenced_sections(raw_options: Mapping[str, str], own_name: str) -> set[st
     return found
 
 
-def file_digests(values: Iterable[str], source_roots: Iterable[Path]) -> dict[str, str]:
-    """sha256 of files under the source tree that option values name, keyed by normalised path.
+def _named_file(token: str) -> Path | None:
+    """The file an option token names: a path, or a SlapOS `path#md5` reference."""
+    for candidate in (token, token.partition("#")[0]):
+        if not candidate.startswith("/"):
+            continue
+        path = Path(candidate)
+        try:
+            if path.is_file():
+                return path.resolve()
+        except OSError:
+            continue
+    return None
+
+
+def file_digests(
+    values: Iterable[str],
+    source_roots: Iterable[Path],
+    profile_roots: Iterable[Path] = (),
+    output_roots: Iterable[Path] = (),
+) -> dict[str, str]:
+    """sha256 of files under the source tree or a profile directory that option values name.
 
     A template or patch given by path must rebuild the part when its content changes,
-    even though the option value (the path) stays the same.
+    even though the option value (the path) stays the same.  Keys are normalised paths
+    (``@SOURCE@/...``, ``@PROFILE@/...``); a second file with the same key gets ``#2``.
+    Files under ``output_roots`` (the software and shared directories) are what builds
+    write, never inputs, even when a profile directory contains them.
     """
-    roots = [root.resolve() for root in source_roots]
+    roots = [(root.resolve(), "@SOURCE@") for root in source_roots]
+    roots += [(root.resolve(), "@PROFILE@") for root in profile_roots]
+    outputs = [root.resolve() for root in output_roots]
     digests: dict[str, str] = {}
     for value in values:
         for token in value.split():
-            if not token.startswith("/"):
+            resolved = _named_file(token)
+            if resolved is None or any(resolved.is_relative_to(out) for out in outputs):
                 continue
-            path = Path(token)
-            try:
-                if not path.is_file():
-                    continue
-                resolved = path.resolve()
-            except OSError:
-                continue
-            for root in roots:
+            for root, placeholder in roots:
                 if resolved.is_relative_to(root):
-                    relative = f"@SOURCE@/{resolved.relative_to(root)}"
-                    digests[relative] = hashlib.sha256(resolved.read_bytes()).hexdigest()
+                    key = f"{placeholder}/{resolved.relative_to(root)}"
+                    digest = hashlib.sha256(resolved.read_bytes()).hexdigest()
+                    number = 2
+                    while digests.get(key, digest) != digest:
+                        key = f"{placeholder}/{resolved.relative_to(root)}#{number}"
+                        number += 1
+                    digests[key] = digest
                     break
     return digests
 
@@ -164,12 +202,16 @@ class SignatureCalculator:
         normalise: PathNormaliser,
         source_roots: Iterable[Path] = (),
         platform: Mapping[str, str] | None = None,
+        profile_roots: Iterable[Path] = (),
+        output_roots: Iterable[Path] = (),
     ) -> None:
         self._raw = raw
         self._cooked = cooked
         self._parts = set(parts)
         self._normalise = normalise
         self._source_roots = list(source_roots)
+        self._profile_roots = list(profile_roots)
+        self._output_roots = list(output_roots)
         self._platform = dict(platform if platform is not None else platform_tuple())
         self._signatures: dict[str, str] = {}
         self.inputs: dict[str, PartInputs] = {}
@@ -206,7 +248,9 @@ class SignatureCalculator:
             recipe=recipe,
             recipe_version=recipe_version(recipe),
             options=normalised,
-            files=file_digests(options.values(), self._source_roots),
+            files=file_digests(
+                options.values(), self._source_roots, self._profile_roots, self._output_roots
+            ),
             dependencies={
                 dep: self.signature(dep, (*_stack, part))
                 for dep in sorted(self.part_dependencies(part))

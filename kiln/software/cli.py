@@ -16,9 +16,11 @@ from kiln.software.build import (
     build_release,
     default_software_dir,
     publishes,
+    repository_root,
     resolve_release,
 )
 from kiln.software.instance import Instance, InstanceError, default_root, instantiate
+from kiln.software.parameters import check_parameters, parameters_help
 
 
 def print_parts(result: BuildResult) -> None:
@@ -28,6 +30,7 @@ def print_parts(result: BuildResult) -> None:
     built = result.count("built", "uploaded")
     click.echo(
         f"{len(result.parts)} parts: {built} built, {result.count('hit')} from the cache, "
+        f"{result.count('shared')} already shared, {result.count('no-files')} with no file, "
         f"{result.count('uploaded')} uploaded, {result.count('unchanged')} unchanged; "
         f"{result.seconds:.1f} s"
     )
@@ -58,6 +61,12 @@ def software() -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Where to build (default: ~/.kiln/software/NAME, or $KILN_HOME/software/NAME).",
 )
+@click.option(
+    "--shared-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where parts with `shared = true` are installed, once for every release of the "
+    "machine (buildout:shared-part-list; default: ~/.kiln/shared, or $KILN_HOME/shared).",
+)
 @cache_option("url")
 @cache_option("trusted_keys")
 @cache_option("signing_key_file")
@@ -72,6 +81,7 @@ def software() -> None:
 def build_command(
     release: str,
     software_dir: Path | None,
+    shared_dir: Path | None,
     assignments: tuple[str, ...],
     **flags: object,
 ) -> None:
@@ -98,7 +108,7 @@ def build_command(
             "warning: --sign-with without upload credentials: nothing will be uploaded", err=True
         )
     try:
-        result = build_release(release, software_dir, config, overrides)
+        result = build_release(release, software_dir, config, overrides, shared_dir=shared_dir)
     except BuildError as error:
         fail(str(error))
     print_parts(result)
@@ -217,7 +227,7 @@ def instance() -> None:
     """
 
 
-@instance.command("up")
+@instance.command("up", epilog=parameters_help(repository_root() / "software"))
 @click.argument("release")
 @click.option(
     "--root",
@@ -243,21 +253,39 @@ def up_command(
         release_dir = resolve_release(release)
     except BuildError as error:
         fail(str(error))
+    parameters = parse_pairs(params, "--param")
+    try:
+        check_parameters(release_dir, parameters)
+    except ValueError as error:
+        fail(str(error))
     software_dir = (software_dir or default_software_dir(release_dir)).resolve()
     root = (root or default_root(release_dir.name)).resolve()
+    existing = _credential_files(root)
     try:
-        current = instantiate(software_dir, root, parse_pairs(params, "--param"))
+        current = instantiate(software_dir, root, parameters)
         current.start()
         checks = current.wait_healthy(timeout)
     except InstanceError as error:
         fail(str(error))
     _print_checks(root, checks)
     for path in current.description.get("credentials", []):
-        click.echo(f"credentials generated for this instance (mode 0600): {path}")
+        if path in existing:
+            click.echo(f"credentials kept from the previous request (mode 0600): {path}")
+        else:
+            click.echo(f"credentials generated for this instance (mode 0600): {path}")
     for path in current.description.get("connection", []):
         click.echo(f"\nhow to connect ({path}):\n{Path(path).read_text().rstrip()}")
     if not all(check.ok for check in checks):
         sys.exit(1)
+
+
+def _credential_files(root: Path) -> set[str]:
+    """The credential files an instance already has (before `up` renders it again)."""
+    try:
+        listed = Instance(root).description.get("credentials", [])
+    except (InstanceError, ValueError):
+        return set()
+    return {path for path in listed if Path(path).is_file()}
 
 
 def _print_checks(root: Path, checks) -> None:
@@ -267,9 +295,15 @@ def _print_checks(root: Path, checks) -> None:
         click.echo(f"  [{'ok' if check.ok else 'FAIL'}] {check.name}: {check.detail}")
 
 
-def _roots(root: Path | None) -> list[Path]:
+def _roots(root: Path | None, release: str | None = None) -> list[Path]:
+    """--root, else RELEASE's default instance, else every default instance."""
     if root is not None:
         return [root.resolve()]
+    if release is not None:
+        try:
+            return [default_root(resolve_release(release).name).resolve()]
+        except BuildError as error:
+            fail(str(error))
     found = sorted(
         p.parent.parent for p in default_root("*").parent.glob("*/etc/kiln-instance.json")
     )
@@ -279,12 +313,14 @@ def _roots(root: Path | None) -> list[Path]:
 
 
 @instance.command("down")
+@click.argument("release", required=False)
 @click.option(
     "--root", type=click.Path(file_okay=False, path_type=Path), help="Instance directory."
 )
-def down_command(root: Path | None) -> None:
-    """Stop the services of an instance (all default instances without --root)."""
-    for directory in _roots(root):
+def down_command(release: str | None, root: Path | None) -> None:
+    """Stop the services of an instance: --root, else RELEASE's default instance (as `up`
+    puts it), else every default instance."""
+    for directory in _roots(root, release):
         try:
             stopped = Instance(directory).stop()
         except InstanceError as error:
@@ -293,16 +329,18 @@ def down_command(root: Path | None) -> None:
 
 
 @instance.command("status")
+@click.argument("release", required=False)
 @click.option(
     "--root", type=click.Path(file_okay=False, path_type=Path), help="Instance directory."
 )
-def status_command(root: Path | None) -> None:
+def status_command(release: str | None, root: Path | None) -> None:
     """Say whether an instance is healthy, and why not: processes and health checks.
 
-    Exits 1 when an instance is not healthy.
+    The instance is --root, else RELEASE's default instance (as `up` puts it), else every
+    default instance.  Exits 1 when an instance is not healthy.
     """
     all_healthy = True
-    for directory in _roots(root):
+    for directory in _roots(root, release):
         try:
             checks = Instance(directory).checks()
         except InstanceError as error:

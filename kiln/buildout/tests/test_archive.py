@@ -184,3 +184,21 @@ def test_hard_links_in_a_part_are_packed_as_files(tmp_path: Path) -> None:
     other.mkdir()
     unpack_part(packed.archive, packed.paths, other, str(built.resolve()), True)
     assert (other / "parts" / "tool" / "two").read_bytes() == b"same inode"
+
+
+def test_a_part_that_installed_nothing_is_not_packed(tmp_path: Path) -> None:
+    (tmp_path / "parts").mkdir()
+    with pytest.raises(ArchiveError, match="installed nothing"):
+        pack_part([], tmp_path, tmp_path)
+    with pytest.raises(ArchiveError, match="installed nothing"):
+        pack_part([str(tmp_path / "parts" / "missing")], tmp_path, tmp_path)
+
+
+def test_an_entry_that_installs_nothing_is_refused(tmp_path: Path) -> None:
+    archive = crafted_archive(tmp_path / "empty.tar.zst", [("dir", "parts/x", "")])
+    target = tmp_path / "sw"
+    target.mkdir()
+    with pytest.raises(ArchiveError, match="installs nothing"):
+        unpack_part(archive, ["parts/x"], target, str(target), True)
+    with pytest.raises(ArchiveError, match="installs nothing"):
+        unpack_part(archive, [], target, str(target), True)

@@ -129,3 +129,24 @@ def test_distribution_reads_os_release(tmp_path: Path) -> None:
     os_release.write_text('ID=debian\nVERSION_ID="12"\n')
     assert distribution(os_release) == "debian-12"
     assert distribution(tmp_path / "missing") == "unknown"
+
+
+def test_bounded_paths_replace_whole_path_components_only() -> None:
+    normalise = PathNormaliser({"/sw": "@BUILDOUT@"}, {"/srv/shared": "@SHARED@", "/": "@ROOT@"})
+    assert normalise("/srv/shared/liba/x /srv/shared2/y") == "@SHARED@/liba/x /srv/shared2/y"
+    # The historical, unbounded rule is kept (existing signatures do not change); "/" never.
+    assert normalise("/sw2/x") == "@BUILDOUT@2/x"
+
+
+def test_patch_files_next_to_a_profile_are_hashed_by_content(tmp_path: Path) -> None:
+    from kiln.buildout.part_signature import file_digests
+
+    profile, software = tmp_path / "profile", tmp_path / "profile" / "sw"
+    software.mkdir(parents=True)
+    (profile / "fix.patch").write_text("one")
+    (software / "output.cfg").write_text("built")
+    values = [f"{profile}/fix.patch#0123", f"{software}/output.cfg"]
+    digests = file_digests(values, [], [profile], [software])
+    assert list(digests) == ["@PROFILE@/fix.patch"]  # `#md5` stripped; outputs left out
+    (profile / "fix.patch").write_text("two")
+    assert file_digests(values, [], [profile], [software]) != digests

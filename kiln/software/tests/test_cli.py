@@ -72,3 +72,27 @@ def test_render_template_names_unknown_placeholders() -> None:
     assert render_template("a {{ x }} b", {"x": "1"}, "t") == "a 1 b"
     with pytest.raises(Exception, match="y"):
         render_template("{{ y }}", {}, "t")
+
+
+def test_up_help_lists_every_release_parameter_with_its_default() -> None:
+    output = run("instance", "up", "--help").output
+    assert "wendelin: host=127.0.0.1, http-port=8420, forward-port=24224" in output
+    assert "kvm: image (no default)" in output
+    assert "monitor: host=127.0.0.1, forward-bind=127.0.0.1, forward-port=24225" in output
+
+
+def test_unknown_param_is_an_error_naming_the_known_ones() -> None:
+    result = run("instance", "up", "software/wendelin", "--param", "http_port=1")
+    assert result.exit_code != 0
+    assert "unknown --param http_port for wendelin" in result.output
+    assert "host, http-port, forward-port" in result.output
+
+
+@pytest.mark.parametrize("command", ["status", "down"])
+def test_status_and_down_accept_the_release_like_up(command: str) -> None:
+    result = run("instance", command, "software/wendelin")
+    # Whatever its state, the release's default instance is the one looked at.
+    assert str(Path("instance") / "wendelin") in result.output
+    bad = run("instance", command, "software/nope")
+    assert bad.exit_code != 0
+    assert "no software release at 'software/nope'" in bad.output

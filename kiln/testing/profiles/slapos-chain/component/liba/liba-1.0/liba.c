@@ -1,0 +1,3 @@
+#include "liba.h"
+
+const char *liba_word(void) { return "kiln"; }

@@ -1,0 +1,1 @@
+const char *liba_word(void);

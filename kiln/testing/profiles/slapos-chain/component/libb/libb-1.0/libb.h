@@ -1,0 +1,1 @@
+const char *libb_greeting(void);
