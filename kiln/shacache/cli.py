@@ -16,6 +16,7 @@ import click
 
 from kiln.common.addresses import CACHE_PORT, parse_host_port, redact
 from kiln.common.cli import fail, parse_pairs
+from kiln.common.serving import ConnectionLimits
 from kiln.shacache.client import CacheClient, CacheError
 from kiln.shacache.config import ConfigError, cache_option, parse_cache_config, read_networkcache
 from kiln.shacache.entries import InvalidEntry, is_sha512
@@ -27,7 +28,14 @@ from kiln.shacache.keys import (
     rsa_private_pem,
     write_secret_file,
 )
-from kiln.shacache.server import DEFAULT_MAX_BLOB, ServerConfig, serve
+from kiln.shacache.server import (
+    DEFAULT_AUTH_POOL,
+    DEFAULT_DIR_POOL,
+    DEFAULT_MAX_BLOB,
+    PoolSize,
+    ServerConfig,
+    serve,
+)
 from kiln.shacache.storage import open_stores
 from kiln.shacache.units import human_size, parse_duration, parse_size
 from kiln.shacache.users import CertificateAuthority, UserDatabase, UserError
@@ -36,6 +44,7 @@ DEFAULT_ROOT = "var/shacache"
 DEFAULT_LISTEN = f"127.0.0.1:{CACHE_PORT}"
 DEFAULT_URL = f"http://{DEFAULT_LISTEN}"
 FIRST_USER = "uploader"
+_LIMITS = ConnectionLimits()
 
 root_option = click.option(
     "--root",
@@ -86,7 +95,57 @@ def _split_listen(listen: str) -> tuple[str, int]:
     help="Refuse entries that no trusted key signed: a key (name:base64), or a file of them"
     " and/or of PEM certificates. Repeatable.",
 )
-@click.option("--allow-unsigned", is_flag=True, help="Store entries that carry no signature.")
+@click.option(
+    "--require-signed",
+    is_flag=True,
+    help="Refuse entries that carry no signature (by default they are stored, as the reference"
+    " servers do; clients ignore entries no key they trust signed).",
+)
+# Unsigned entries are stored by default now: the old flag is accepted and changes nothing.
+@click.option("--allow-unsigned", is_flag=True, hidden=True)
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(min=0.1),
+    default=_LIMITS.header_timeout,
+    show_default=True,
+    help="Seconds a client has to send a whole request head (and an idle keep-alive lasts);"
+    " slower clients are disconnected.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=_LIMITS.max_connections,
+    show_default=True,
+    help="Open connections at most; past it, new ones get 503 + Retry-After and are closed.",
+)
+@click.option(
+    "--auth-workers",
+    type=click.IntRange(min=1),
+    default=DEFAULT_AUTH_POOL.workers,
+    show_default=True,
+    help="Threads that check passwords (scrypt, ~16 MiB each).",
+)
+@click.option(
+    "--auth-queue",
+    type=click.IntRange(min=0),
+    default=DEFAULT_AUTH_POOL.queue,
+    show_default=True,
+    help="Password checks waiting at most; past it, requests get 503 + Retry-After.",
+)
+@click.option(
+    "--dir-workers",
+    type=click.IntRange(min=1),
+    default=DEFAULT_DIR_POOL.workers,
+    show_default=True,
+    help="Threads that read and encode ShaDir entry lists.",
+)
+@click.option(
+    "--dir-queue",
+    type=click.IntRange(min=0),
+    default=DEFAULT_DIR_POOL.queue,
+    show_default=True,
+    help="ShaDir reads waiting at most; past it, they get 503 + Retry-After.",
+)
 @click.option("--private", is_flag=True, help="Require credentials for downloads too.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Serve HTTPS.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False))
@@ -101,7 +160,14 @@ def serve_command(
     listen: str,
     max_size: str,
     trusted_keys: tuple[str, ...],
+    require_signed: bool,
     allow_unsigned: bool,
+    header_timeout: float,
+    max_connections: int,
+    auth_workers: int,
+    auth_queue: int,
+    dir_workers: int,
+    dir_queue: int,
     private: bool,
     tls_cert: str | None,
     tls_key: str | None,
@@ -119,18 +185,23 @@ def serve_command(
     """
     if bool(tls_cert) != bool(tls_key):
         fail("--tls-cert and --tls-key go together")
+    if require_signed and allow_unsigned:
+        fail("--require-signed and --allow-unsigned contradict each other: give one")
     try:
         # The server's trust list is read as every client's is, by the one parser.
         trust = parse_cache_config(flags={"trusted_keys": trusted_keys}).trust()
         config = ServerConfig(
             root=root,
             max_blob_size=parse_size(max_size),
-            require_signature=not allow_unsigned,
+            require_signature=require_signed,
             trust=trust if trusted_keys else None,
             private=private,
             tls_cert=Path(tls_cert) if tls_cert else None,
             tls_key=Path(tls_key) if tls_key else None,
             tls_client_ca=[Path(p) for p in tls_client_ca],
+            limits=ConnectionLimits(header_timeout, max_connections),
+            auth_pool=PoolSize(auth_workers, auth_queue),
+            dir_pool=PoolSize(dir_workers, dir_queue),
         )
     except (ValueError, KeyError_) as problem:
         fail(str(problem))
