@@ -133,6 +133,13 @@ def test_no_software_banner_in_the_server_header(server: RunningCache) -> None:
     assert all("aiohttp" not in str(a.headers) and "Python" not in str(a.headers) for a in answers)
     # Nothing it serves is HTML (so no HTML security headers are needed).
     assert all("html" not in a.headers.get("Content-Type", "") for a in answers)
+    # Nor do the answers that aiohttp writes before the app sees the request.
+    parts = urlsplit(server.url)
+    with socket.create_connection((parts.hostname, parts.port)) as sock:
+        sock.sendall(b"NOT HTTP\r\n\r\n")
+        answer = read_answer(sock)
+    assert answer.startswith(b"HTTP/1.0 400") and b"\r\nServer: kiln\r\n" in answer, answer
+    assert b"aiohttp" not in answer
 
 
 @pytest.mark.integration

@@ -13,10 +13,13 @@ Three things a server exposed to a network needs and aiohttp's ``TCPSite`` leave
 * enough **file descriptors** for that cap: :func:`raise_open_file_limit` lifts the soft
   ``RLIMIT_NOFILE`` to the hard limit (often 1024 -> 1048576 under systemd).
 
+And :func:`replace_server_banner`, for a ``Server:`` header without software versions.
+
 Use::
 
     limits = ConnectionLimits(header_timeout=15, max_connections=512)
     raise_open_file_limit()
+    replace_server_banner("kiln")
     runner = web.AppRunner(app, **limits.runner_options())
     await runner.setup()
     site = LimitedSite(runner, host, port, limits, ssl_context=context, backlog=1024)
@@ -33,7 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from aiohttp import web
+from aiohttp import web, web_response
 from aiohttp.web_runner import BaseSite
 
 log = logging.getLogger("kiln.serving")
@@ -71,6 +74,19 @@ def raise_open_file_limit() -> int:
         except (ValueError, OSError) as problem:  # e.g. over fs.nr_open: keep what we have
             log.warning("cannot raise the open-file limit to %d: %s", target, problem)
     return soft
+
+
+def replace_server_banner(name: str) -> None:
+    """Make every answer of this process say ``Server: name``, not the Python and aiohttp
+    versions that scanners match against vulnerability lists.
+
+    An app's own answers can be changed in ``on_response_prepare``, but aiohttp writes some
+    answers before any app sees the request (``400`` for a malformed request line or header):
+    those take the module's default, which this replaces (process-wide: servers only).
+    """
+    if not hasattr(web_response, "SERVER_SOFTWARE"):
+        log.warning("this aiohttp has no SERVER_SOFTWARE: its error answers keep their banner")
+    web_response.SERVER_SOFTWARE = name
 
 
 def _refusal(retry_after: int) -> bytes:

@@ -24,7 +24,12 @@ from aiohttp.abc import AbstractAccessLogger
 
 from kiln.common.http import error
 from kiln.common.limits import BoundedExecutor, Busy
-from kiln.common.serving import ConnectionLimits, LimitedSite, raise_open_file_limit
+from kiln.common.serving import (
+    ConnectionLimits,
+    LimitedSite,
+    raise_open_file_limit,
+    replace_server_banner,
+)
 from kiln.shacache.blob_response import blob_response
 from kiln.shacache.entries import (
     MAX_ENTRY_BYTES,
@@ -414,6 +419,8 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
 async def serve(config: ServerConfig, host: str, port: int, ready=None) -> None:  # type: ignore[no-untyped-def]
     """Run until cancelled; call ``ready(url)`` once listening."""
     server = CacheServer(config)
+    # The app's answers get it in on_response_prepare; this covers those aiohttp writes itself.
+    replace_server_banner(SERVER_NAME)
     files = raise_open_file_limit()
     if files < config.limits.max_connections + 64:
         log.warning(
