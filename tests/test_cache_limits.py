@@ -172,7 +172,7 @@ def test_connections_over_the_cap_get_503_and_are_closed(tmp_path: Path) -> None
         deadline = time.monotonic() + 5
         while "refused" not in server.log() and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert "8 connections open, the cap: refused" in server.log()
+        assert "8 connections open, the cap: refused a new connection" in server.log()
         for s in idle:
             s.close()
         time.sleep(0.3)

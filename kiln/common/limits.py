@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -64,3 +66,23 @@ class BoundedExecutor:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class ThrottledLog:
+    """A warning that a flood would repeat for every request: logged at most once every
+    ``every`` seconds, with how many times it happened since the last line."""
+
+    def __init__(self, logger: logging.Logger, every: float = 10.0) -> None:
+        self._logger = logger
+        self._every = every
+        self._last = -every
+        self._unlogged = 0
+
+    def warning(self, message: str, *args: object) -> None:
+        self._unlogged += 1
+        now = time.monotonic()
+        if now - self._last >= self._every:
+            self._logger.warning(
+                message + " (%d time(s) in the last %.0f s)", *args, self._unlogged, self._every
+            )
+            self._last, self._unlogged = now, 0

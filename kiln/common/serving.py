@@ -32,12 +32,13 @@ import asyncio
 import logging
 import resource
 import ssl
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web, web_response
 from aiohttp.web_runner import BaseSite
+
+from kiln.common.limits import ThrottledLog
 
 log = logging.getLogger("kiln.serving")
 
@@ -99,31 +100,23 @@ def _refusal(retry_after: int) -> bytes:
 
 
 class _Gate:
-    """Counts open connections; logs refusals at most once per ``_LOG_EVERY`` seconds."""
-
-    _LOG_EVERY = 10.0
+    """Counts open connections, and logs refusals without flooding the log."""
 
     def __init__(self, limit: int, name: str) -> None:
         self.limit = limit
         self.name = name
         self.open = 0
-        self._refused_unlogged = 0
-        self._last_log = 0.0
+        self._refusals = ThrottledLog(log)
 
     def admit(self) -> bool:
         if self.open < self.limit:
             self.open += 1
             return True
-        self._refused_unlogged += 1
-        now = time.monotonic()
-        if now - self._last_log >= self._LOG_EVERY:
-            log.warning(
-                "%s: %d connections open, the cap: refused %d new connection(s) with 503",
-                self.name,
-                self.open,
-                self._refused_unlogged,
-            )
-            self._last_log, self._refused_unlogged = now, 0
+        self._refusals.warning(
+            "%s: %d connections open, the cap: refused a new connection with 503",
+            self.name,
+            self.open,
+        )
         return False
 
     def release(self) -> None:

@@ -23,7 +23,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from kiln.common.http import error
-from kiln.common.limits import BoundedExecutor, Busy
+from kiln.common.limits import BoundedExecutor, Busy, ThrottledLog
 from kiln.common.serving import (
     ConnectionLimits,
     LimitedSite,
@@ -71,7 +71,7 @@ class PoolSize:
 # Password checks (scrypt: ~50 ms and 16 MiB each): two at a time, so that a flood of bad
 # passwords costs at most 32 MiB and two cores' worth of time, never the blob I/O pool.
 DEFAULT_AUTH_POOL = PoolSize(workers=2, queue=32)
-# Reading and converting a key's entries (up to 100,000 of them: seconds of CPU).
+# Reading a key's entries (up to 100,000 of them, tens of MiB).
 DEFAULT_DIR_POOL = PoolSize(workers=2, queue=16)
 
 
@@ -140,6 +140,7 @@ class CacheServer:
         self.dir_pool = BoundedExecutor(
             "shadir-read", config.dir_pool.workers, config.dir_pool.queue
         )
+        self._busy_log = ThrottledLog(log)
         self._key_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
@@ -188,7 +189,7 @@ class CacheServer:
         try:
             return await handler(request)
         except Busy as busy:
-            log.warning("%s %s refused: %s", request.method, request.path, busy)
+            self._busy_log.warning("%s %s refused with 503: %s", request.method, request.path, busy)
             return error(503, str(busy), **{"Retry-After": str(busy.retry_after)})
 
     # --- Authentication ----------------------------------------------------------------------
@@ -218,7 +219,7 @@ class CacheServer:
             return await handler(request)
         if is_write or self.config.private:
             user = self._user(request, cached_only=True)
-            if user is None:
+            if user is None and request.headers.get("Authorization", "").startswith("Basic "):
                 # A password not seen before costs an scrypt: off the event loop, in the
                 # bounded pool (a full pool raises Busy: 503 + Retry-After).
                 user = await self.auth_pool.run(self._user, request)
