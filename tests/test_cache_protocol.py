@@ -156,22 +156,18 @@ def test_a_wrong_password_and_an_unknown_user_get_the_same_answer(server: Runnin
     )
 
 
-def median_seconds(check, name: str, password: str, rounds: int = 7) -> float:  # type: ignore[no-untyped-def]
-    samples = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        assert not check(name, password)
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
-
-
 @pytest.mark.unit
 def test_a_wrong_password_and_an_unknown_user_take_as_long(tmp_path: Path) -> None:
     database = UserDatabase(tmp_path / "users.json")
     database.add("uploader")
     checker = CachedChecker(database)
-    median_seconds(checker.check, "uploader", "warm-up", rounds=2)
-    known = median_seconds(checker.check, "uploader", "wrong")
-    unknown = median_seconds(checker.check, "nobody", "wrong")
-    # Both run one scrypt (the unknown user's against a decoy hash): within 30% of each other.
-    assert 0.7 < known / unknown < 1.3, (known, unknown)
+    samples: dict[str, list[float]] = {"uploader": [], "nobody": []}
+    for _ in range(9):  # interleaved, so that a change in the machine's load hits both alike
+        for name, seconds in samples.items():
+            start = time.perf_counter()
+            assert not checker.check(name, "wrong")
+            seconds.append(time.perf_counter() - start)
+    known, unknown = (statistics.median(samples[name]) for name in ("uploader", "nobody"))
+    # Both run one scrypt (the unknown user's against a decoy hash).  Skipping it would make
+    # one ~100 times faster; the loose bound leaves room for a busy machine's noise.
+    assert 0.5 < known / unknown < 2, (known, unknown)
