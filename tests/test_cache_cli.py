@@ -36,10 +36,15 @@ def kiln(*args: str, cwd: Path, env: dict[str, str] | None = None, ok: bool = Tr
     return result
 
 
-def test_first_start_prints_url_and_a_generated_credential(server: RunningCache) -> None:
+def test_first_start_prints_url_and_where_its_generated_credential_is(
+    server: RunningCache,
+) -> None:
     banner = server.log()
-    assert server.url in banner and "upload credential (shown once)" in banner
-    assert len(server.password) >= 24
+    credential = server.root / "initial-upload-credential"
+    assert (
+        server.url in banner and f"upload credential of user 'uploader': in {credential}" in banner
+    )
+    assert len(server.password) >= 24 and server.password not in banner
     stored = (server.root / "users.json").read_text()
     assert server.password not in stored and "scrypt" in stored
     assert oct((server.root / "users.json").stat().st_mode)[-3:] == "600"

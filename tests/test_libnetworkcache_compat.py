@@ -6,6 +6,7 @@ Basic-in-URL path crashes on Python 3).  Entries carry legacy RSA/SHA-1 signatur
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import io
 import os
@@ -198,3 +199,33 @@ def test_legacy_client_skips_entries_it_cannot_verify(tls_cache: TlsCache, tmp_p
     legacy_signed.upload(artefact, "kiln-part:mixed", {"by": "node"})
     entries = list(tls_cache.legacy_client().select("kiln-part:mixed"))
     assert [entry["by"] for entry in entries] == ["node"]
+
+
+def test_legacy_client_uploads_and_downloads_an_empty_file(tls_cache: TlsCache) -> None:
+    empty_sha512 = hashlib.sha512(b"").hexdigest()
+    nc = tls_cache.legacy_client()
+    assert nc.upload(io.BytesIO(b""), "pypi:empty=1", software="empty") == empty_sha512
+    [entry] = list(nc.select("pypi:empty=1"))
+    assert entry["sha512"] == empty_sha512
+    assert nc.download(empty_sha512).read() == b""
+
+
+def test_a_key_name_of_three_letters_breaks_the_legacy_select_of_the_whole_key(
+    tls_cache: TlsCache, tmp_path: Path
+) -> None:
+    """Why `kiln cache keygen` refuses such names (kiln.shacache.keys.check_legacy_safe_name):
+    slapos.libnetworkcache 0.30 base64-decodes `bob:...` as a whole and does not catch the
+    error, so it loses the entries it could read under the same key too."""
+    artefact = tmp_path / "part"
+    artefact.write_bytes(b"shared part")
+    options = {**tls_cache.legacy_config(), "signature-certificate-list": tls_cache.certificate_pem}
+    legacy_signed = CacheClient.from_config(parse_cache_config(options))
+    legacy_signed.upload(artefact, "kiln-part:bob", {"by": "node"})
+    assert [e["by"] for e in tls_cache.legacy_client().select("kiln-part:bob")] == ["node"]
+    modern_signed = CacheClient.from_config(
+        parse_cache_config({**options, "signature-private-key-file": ""})
+    )
+    modern_signed.signing_keys = [generate_ed25519_key("bob")]
+    modern_signed.upload(artefact, "kiln-part:bob", {"by": "bob"})
+    with pytest.raises(binascii.Error):
+        list(tls_cache.legacy_client().select("kiln-part:bob"))

@@ -16,18 +16,28 @@ import click
 
 from kiln.common.addresses import CACHE_PORT, parse_host_port, redact
 from kiln.common.cli import fail, parse_pairs
+from kiln.common.durable import write_atomically
+from kiln.common.serving import ConnectionLimits
 from kiln.shacache.client import CacheClient, CacheError
 from kiln.shacache.config import ConfigError, cache_option, parse_cache_config, read_networkcache
 from kiln.shacache.entries import InvalidEntry, is_sha512
 from kiln.shacache.gc import collect
 from kiln.shacache.keys import (
     KeyError_,
+    check_legacy_safe_name,
     generate_ed25519_key,
     generate_legacy_rsa_key,
     rsa_private_pem,
     write_secret_file,
 )
-from kiln.shacache.server import DEFAULT_MAX_BLOB, ServerConfig, serve
+from kiln.shacache.server import (
+    DEFAULT_AUTH_POOL,
+    DEFAULT_DIR_POOL,
+    DEFAULT_MAX_BLOB,
+    PoolSize,
+    ServerConfig,
+    serve,
+)
 from kiln.shacache.storage import open_stores
 from kiln.shacache.units import human_size, parse_duration, parse_size
 from kiln.shacache.users import CertificateAuthority, UserDatabase, UserError
@@ -36,6 +46,17 @@ DEFAULT_ROOT = "var/shacache"
 DEFAULT_LISTEN = f"127.0.0.1:{CACHE_PORT}"
 DEFAULT_URL = f"http://{DEFAULT_LISTEN}"
 FIRST_USER = "uploader"
+# Where the first start of an empty root leaves the upload user's password (mode 0600): a
+# password printed to stdout lands in service logs and journals.
+INITIAL_CREDENTIAL = "initial-upload-credential"
+_LIMITS = ConnectionLimits()
+
+
+def private_umask() -> None:
+    """Files and directories made from now on are the owner's alone (blobs, entries, users,
+    CA key): a cache may be private (--private), and its users and keys always are."""
+    os.umask(0o077)
+
 
 root_option = click.option(
     "--root",
@@ -52,7 +73,7 @@ def cache() -> None:
 
     \b
     Start a cache and use it:
-      kiln cache serve                        # prints its URL and an upload credential
+      kiln cache serve                        # prints its URL; credential in ROOT/initial-*
       kiln cache keygen alice                 # alice.key (secret) + alice.pub (trust this)
       kiln cache upload FILE --key pypi:foo=1 --sign-with alice.key --meta python=3.11
       kiln cache lookup pypi:foo=1 --trust alice.pub
@@ -86,7 +107,57 @@ def _split_listen(listen: str) -> tuple[str, int]:
     help="Refuse entries that no trusted key signed: a key (name:base64), or a file of them"
     " and/or of PEM certificates. Repeatable.",
 )
-@click.option("--allow-unsigned", is_flag=True, help="Store entries that carry no signature.")
+@click.option(
+    "--require-signed",
+    is_flag=True,
+    help="Refuse entries that carry no signature (by default they are stored, as the reference"
+    " servers do; clients ignore entries no key they trust signed).",
+)
+# Unsigned entries are stored by default now: the old flag is accepted and changes nothing.
+@click.option("--allow-unsigned", is_flag=True, hidden=True)
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(min=0.1),
+    default=_LIMITS.header_timeout,
+    show_default=True,
+    help="Seconds a client has to send a whole request head (and an idle keep-alive lasts);"
+    " slower clients are disconnected.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=_LIMITS.max_connections,
+    show_default=True,
+    help="Open connections at most; past it, new ones get 503 + Retry-After and are closed.",
+)
+@click.option(
+    "--auth-workers",
+    type=click.IntRange(min=1),
+    default=DEFAULT_AUTH_POOL.workers,
+    show_default=True,
+    help="Threads that check passwords (scrypt, ~16 MiB each).",
+)
+@click.option(
+    "--auth-queue",
+    type=click.IntRange(min=0),
+    default=DEFAULT_AUTH_POOL.queue,
+    show_default=True,
+    help="Password checks waiting at most; past it, requests get 503 + Retry-After.",
+)
+@click.option(
+    "--dir-workers",
+    type=click.IntRange(min=1),
+    default=DEFAULT_DIR_POOL.workers,
+    show_default=True,
+    help="Threads that read and encode ShaDir entry lists.",
+)
+@click.option(
+    "--dir-queue",
+    type=click.IntRange(min=0),
+    default=DEFAULT_DIR_POOL.queue,
+    show_default=True,
+    help="ShaDir reads waiting at most; past it, they get 503 + Retry-After.",
+)
 @click.option("--private", is_flag=True, help="Require credentials for downloads too.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Serve HTTPS.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False))
@@ -101,7 +172,14 @@ def serve_command(
     listen: str,
     max_size: str,
     trusted_keys: tuple[str, ...],
+    require_signed: bool,
     allow_unsigned: bool,
+    header_timeout: float,
+    max_connections: int,
+    auth_workers: int,
+    auth_queue: int,
+    dir_workers: int,
+    dir_queue: int,
     private: bool,
     tls_cert: str | None,
     tls_key: str | None,
@@ -115,22 +193,30 @@ def serve_command(
     Health:  GET /health
 
     Uploads need credentials.  On the first start of an empty ROOT, an upload user is
-    created and its password printed once; add more with `kiln cache adduser`.
+    created and its password written to ROOT/initial-upload-credential (readable by the
+    owner only); add more with `kiln cache adduser`.  Every file the server makes is
+    readable by its owner only (umask 077).
     """
     if bool(tls_cert) != bool(tls_key):
         fail("--tls-cert and --tls-key go together")
+    if require_signed and allow_unsigned:
+        fail("--require-signed and --allow-unsigned contradict each other: give one")
+    private_umask()
     try:
         # The server's trust list is read as every client's is, by the one parser.
         trust = parse_cache_config(flags={"trusted_keys": trusted_keys}).trust()
         config = ServerConfig(
             root=root,
             max_blob_size=parse_size(max_size),
-            require_signature=not allow_unsigned,
+            require_signature=require_signed,
             trust=trust if trusted_keys else None,
             private=private,
             tls_cert=Path(tls_cert) if tls_cert else None,
             tls_key=Path(tls_key) if tls_key else None,
             tls_client_ca=[Path(p) for p in tls_client_ca],
+            limits=ConnectionLimits(header_timeout, max_connections),
+            auth_pool=PoolSize(auth_workers, auth_queue),
+            dir_pool=PoolSize(dir_workers, dir_queue),
         )
     except (ValueError, KeyError_) as problem:
         fail(str(problem))
@@ -140,16 +226,19 @@ def serve_command(
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     users = UserDatabase(config.users_path)
     root.mkdir(parents=True, exist_ok=True)
-    first_password = users.add(FIRST_USER) if not users.names() else None
+    credential = root / INITIAL_CREDENTIAL
+    if not users.names():
+        write_credential(credential, FIRST_USER, users.add(FIRST_USER))
 
     def ready(url: str) -> None:
         click.echo(f"kiln cache serving {root} at {url}")
         click.echo(f"  ShaCache: {url}/shacache   ShaDir: {url}/shadir")
-        if first_password:
-            scheme, _, rest = url.partition("://")
-            click.echo(f"  upload credential (shown once): user {FIRST_USER!r}")
-            click.echo(f"    password: {first_password}")
-            click.echo(f"    upload URL: {scheme}://{FIRST_USER}:{first_password}@{rest}")
+        if credential.exists():
+            click.echo(
+                f"  upload credential of user {FIRST_USER!r}: in {credential} (owner-only;"
+                " `set -a; . FILE` exports it for `kiln cache upload`; delete it once stored"
+                " elsewhere)"
+            )
         click.echo("  Ctrl-C stops it.", nl=True)
         sys.stdout.flush()
 
@@ -167,6 +256,15 @@ def serve_command(
         fail(f"cannot listen on {listen}: {problem.strerror}")
 
 
+def write_credential(path: Path, user: str, password: str) -> None:
+    """The credential as shell variable assignments, in a file only its owner can read."""
+    text = (
+        "# kiln cache upload credential: keep it secret, delete this file once stored.\n"
+        f"KILN_CACHE_USER={user}\nKILN_CACHE_PASSWORD={password}\n"
+    )
+    write_atomically(path, text.encode(), mode=0o600)
+
+
 @cache.command("adduser")
 @click.argument("name")
 @root_option
@@ -182,11 +280,24 @@ def serve_command(
     show_default=True,
     help="With --cert: where to write NAME.crt, NAME.key and ca.pem.",
 )
-def adduser_command(name: str, root: Path, cert: bool, out: Path) -> None:
+@click.option(
+    "--password-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the credential to this new file (mode 0600, KILN_CACHE_USER=... lines) instead"
+    " of printing the password: for scripts whose output is logged.",
+)
+def adduser_command(
+    name: str, root: Path, cert: bool, out: Path, password_file: Path | None
+) -> None:
     """Create an upload user and print its generated credential.
 
-    Only a hash of the password is stored; it cannot be shown again.
+    Only a hash of the password is stored; it cannot be shown again.  The password is
+    printed for the operator who asked for it; with --password-file it goes to a private
+    file instead.
     """
+    private_umask()
+    if password_file is not None and password_file.exists():
+        fail(f"--password-file {password_file} exists; refusing to overwrite it")
     if cert:
         ca = CertificateAuthority(root / "ca")
         cert_path, key_path = ca.issue(name, out, client=True)
@@ -205,6 +316,10 @@ def adduser_command(name: str, root: Path, cert: bool, out: Path) -> None:
         password = UserDatabase(root / "users.json").add(name)
     except UserError as problem:
         fail(str(problem))
+    if password_file is not None:
+        write_credential(password_file, name, password)
+        click.echo(f"user {name!r} created; credential written to {password_file} (mode 0600)")
+        return
     click.echo(f"user {name!r} created; password (shown once): {password}")
 
 
@@ -226,6 +341,7 @@ def deluser_command(name: str, root: Path) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=".")
 def servercert_command(root: Path, hosts: tuple[str, ...], out: Path) -> None:
     """Issue a TLS server certificate from the root's CA (for --tls-cert / --tls-key)."""
+    private_umask()
     ca = CertificateAuthority(root / "ca")
     cert_path, key_path = ca.issue(hosts[0], out, client=False, hosts=list(hosts))
     click.echo(f"server certificate: {cert_path}\nkey: {key_path}\nCA: {ca.cert_path}")
@@ -269,13 +385,23 @@ def gc_command(root: Path, dry_run: bool, older_than: str) -> None:
     help="Make an RSA key + X.509 certificate that slapos.libnetworkcache accepts"
     " (signature-private-key-file / signature-certificate-list).",
 )
-def keygen_command(name: str, out: Path, legacy_rsa: bool) -> None:
+@click.option(
+    "--slapos-incompatible",
+    is_flag=True,
+    help="Accept a name (3, 7, 11... letters) whose signatures make slapos.libnetworkcache"
+    " 0.30 fail on the whole ShaDir key: only for caches no SlapOS node reads.",
+)
+def keygen_command(name: str, out: Path, legacy_rsa: bool, slapos_incompatible: bool) -> None:
     """Make a signing key pair named NAME.
 
     Ed25519 (default): NAME.key is the secret (mode 0600), NAME.pub the public key
     `NAME:base64` that clients trust.
     """
     try:
+        if not legacy_rsa and not slapos_incompatible:
+            # slapos.libnetworkcache 0.30 decodes every signature field as one base64 text,
+            # uncaught: some names make that raise and hide every entry of the key from it.
+            check_legacy_safe_name(name)
         if legacy_rsa:
             key = generate_legacy_rsa_key(name)
             write_secret_file(out / f"{name}.key", rsa_private_pem(key))
@@ -342,8 +468,9 @@ def make_client(config_file: Path | None, progress: bool | None, **flags: Any) -
 def upload_command(file: Path, key: str | None, meta: tuple[str, ...], **client: Any) -> None:
     """Upload FILE to ShaCache and, with --key, add a signed ShaDir entry for it.
 
-    Credentials: put them in the URL (http://USER:PASSWORD@host:port), or set
-    $KILN_CACHE_USER and $KILN_CACHE_PASSWORD, or use --client-cert/--client-key.
+    Credentials: set $KILN_CACHE_USER and $KILN_CACHE_PASSWORD, or put an upload URL with
+    them in a [networkcache] file (--config), or use --client-cert/--client-key.  A URL
+    with a password on the command line is refused: every user sees it in `ps`.
     """
     metadata = parse_pairs(meta, "--meta")
     cache_client = make_client(**client)
@@ -390,18 +517,20 @@ def download_command(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @client_options
 def lookup_command(key: str, as_json: bool, **client: Any) -> None:
-    """Show every entry under KEY, newest first, whether it is trusted, and why."""
+    """Show every entry under KEY, newest first, whether it is trusted, and why.
+
+    Exits with status 1 when KEY has no entry.
+    """
     cache_client = make_client(**client)
     try:
         reports = cache_client.lookup(key)
     except (CacheError, InvalidEntry) as problem:
         fail(str(problem))
+    if not reports:
+        fail(f"no entry under key {key!r} at {redact(cache_client.download_dir_url or '')}")
     if as_json:
         rows = [{"metadata": r.metadata, "trusted": r.trusted, "reason": r.reason} for r in reports]
         click.echo(json.dumps(rows, indent=2, sort_keys=True))
-        return
-    if not reports:
-        click.echo(f"no entry under {key!r} at {redact(cache_client.download_dir_url or '')}")
         return
     for number, report in enumerate(reports, 1):
         mark = (

@@ -131,8 +131,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "url", URL, None,
         "Base URL of a `kiln cache serve` (it serves /shacache and /shadir). Upload credentials"
-        " go in the URL (http://USER:PASSWORD@HOST:PORT) or in $KILN_CACHE_USER and"
-        " $KILN_CACHE_PASSWORD.",
+        " go in $KILN_CACHE_USER and $KILN_CACHE_PASSWORD (a password in a URL flag is refused:"
+        " ps shows it).",
         flags=("--cache",), env="KILN_CACHE_URL",
     ),
     Setting("user", TEXT, None, "Upload user for a base URL.", env="KILN_CACHE_USER"),
@@ -383,6 +383,26 @@ def networkcache_lines(config: CacheConfig) -> list[str]:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _refuse_password_in_flag(
+    context: click.Context, parameter: click.Parameter, value: str | None
+) -> str | None:
+    """A password in a URL on the command line is in every process listing (``ps``).
+
+    Only flags are checked: the same URL in a ``[networkcache]`` file (SlapOS's format) or in
+    ``$KILN_CACHE_URL`` is not shown to other users.
+    """
+    if value and urlsplit(value.strip()).password is not None:
+        flag = parameter.opts[0] if parameter.opts else parameter.name
+        raise click.BadParameter(
+            f"{redact(value.strip())} with a password: a command line is visible to every user"
+            " of the machine (ps). Give the URL without it and set $KILN_CACHE_USER and"
+            " $KILN_CACHE_PASSWORD, or put the upload URL in a [networkcache] file (--config).",
+            context,
+            param_hint=flag,
+        )
+    return value
+
+
 def cache_option(name: str, **overrides: Any) -> Callable[[F], F]:
     """The click option of setting ``name``, from its row.
 
@@ -390,6 +410,8 @@ def cache_option(name: str, **overrides: Any) -> Callable[[F], F]:
     ``--config`` file comes between the two.
     """
     setting = BY_NAME[name]
+    if setting.kind is URL:
+        overrides = {"callback": _refuse_password_in_flag, **overrides}
     settings = {
         "default": None,
         "show_default": f"${setting.env}" if setting.env else False,

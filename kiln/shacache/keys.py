@@ -60,6 +60,30 @@ def _check_name(name: str) -> str:
     return name
 
 
+def check_legacy_safe_name(name: str) -> str:
+    """Refuse a key name whose Ed25519 signatures break slapos.libnetworkcache 0.30.
+
+    That client base64-decodes each whole signature field (``name:base64``) without
+    ``validate`` and without catching the error: non-alphabet characters (``:`` ``.`` ``_``
+    ``-``) are dropped, and when the name leaves 4k+1 data characters in all (a name of 3,
+    7, 11... alphabet characters, such as ``bob``) the decoding raises, which ends its
+    ``select()`` for the whole key: the entries it could use under that key are lost too.
+    """
+    _check_name(name)
+    # An Ed25519 signature is 64 bytes: 86 base64 characters and "==".
+    field = f"{name}:{'A' * 86}=="
+    try:
+        base64.b64decode(field.encode())
+    except binascii.Error:
+        raise KeyError_(
+            f"key name {name!r}: slapos.libnetworkcache 0.30 fails on every entry of a ShaDir"
+            " key that such a key signs (its signatures do not decode as one base64 text);"
+            " add or remove a character (e.g. {name}1), or pass --slapos-incompatible if no"
+            " SlapOS node reads this cache".replace("{name}", name)
+        ) from None
+    return name
+
+
 # --- Ed25519 ---------------------------------------------------------------------------------
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 import logging
 import shutil
 import ssl
@@ -24,8 +23,21 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from kiln.common.http import error
+from kiln.common.limits import BoundedExecutor, Busy, ThrottledLog
+from kiln.common.serving import (
+    ConnectionLimits,
+    LimitedSite,
+    raise_open_file_limit,
+    replace_server_banner,
+)
 from kiln.shacache.blob_response import blob_response
-from kiln.shacache.entries import InvalidEntry, check_dir_key, is_sha512, parse_entry_body
+from kiln.shacache.entries import (
+    MAX_ENTRY_BYTES,
+    InvalidEntry,
+    check_dir_key,
+    is_sha512,
+    parse_entry_body,
+)
 from kiln.shacache.keys import TrustList
 from kiln.shacache.storage import (
     BlobNotFound,
@@ -44,14 +56,32 @@ log = logging.getLogger("shacache.server")
 # blocks other requests nor pays a thread hop per small network read.
 WRITE_PIECE = 1 << 20
 DEFAULT_MAX_BLOB = 8 << 30
+# The answer's Server header: no software name or version for scanners to match.
+SERVER_NAME = "kiln"
+
+
+@dataclass(frozen=True)
+class PoolSize:
+    """A bounded worker pool: ``workers`` threads, at most ``queue`` jobs waiting."""
+
+    workers: int
+    queue: int
+
+
+# Password checks (scrypt: ~50 ms and 16 MiB each): two at a time, so that a flood of bad
+# passwords costs at most 32 MiB and two cores' worth of time, never the blob I/O pool.
+DEFAULT_AUTH_POOL = PoolSize(workers=2, queue=32)
+# Reading a key's entries (up to 100,000 of them, tens of MiB).
+DEFAULT_DIR_POOL = PoolSize(workers=2, queue=16)
 
 
 @dataclass
 class ServerConfig:
     root: Path
     max_blob_size: int = DEFAULT_MAX_BLOB
-    # Entries must carry a signature; the legacy client writes "" when it has no key.
-    require_signature: bool = True
+    # Store only signed entries (--require-signed).  Off by default, as in the reference
+    # servers: clients verify signatures themselves and ignore what they do not trust.
+    require_signature: bool = False
     # When set, the server itself refuses entries that no trusted key signed.
     trust: TrustList | None = None
     # Downloads are anonymous unless this is set.
@@ -59,6 +89,9 @@ class ServerConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: list[Path] = field(default_factory=list)
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    auth_pool: PoolSize = DEFAULT_AUTH_POOL
+    dir_pool: PoolSize = DEFAULT_DIR_POOL
 
     @property
     def users_path(self) -> Path:
@@ -87,6 +120,10 @@ class AccessLogger(AbstractAccessLogger):
         )
 
 
+async def _plain_server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER_NAME
+
+
 class CacheServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
@@ -95,6 +132,15 @@ class CacheServer:
         self.dirs: DirStore
         self.blobs, self.dirs = open_stores(config.root)
         self.users = CachedChecker(UserDatabase(config.users_path))
+        # Slow work that any client can ask for runs in its own bounded pools, never in the
+        # default one that serves blob reads and writes.
+        self.auth_pool = BoundedExecutor(
+            "password-check", config.auth_pool.workers, config.auth_pool.queue
+        )
+        self.dir_pool = BoundedExecutor(
+            "shadir-read", config.dir_pool.workers, config.dir_pool.queue
+        )
+        self._busy_log = ThrottledLog(log)
         self._key_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
@@ -105,7 +151,9 @@ class CacheServer:
     # --- Application -------------------------------------------------------------------------
 
     def make_app(self) -> web.Application:
-        app = web.Application(middlewares=[self._auth_middleware])
+        app = web.Application(middlewares=[self._busy_middleware, self._auth_middleware])
+        app.on_response_prepare.append(_plain_server_header)
+        app.on_cleanup.append(self._shutdown_pools)
         app.router.add_get("/", self.index)
         app.router.add_get("/health", self.health)
         app.router.add_post("/shacache", self.post_blob)
@@ -131,6 +179,18 @@ class CacheServer:
             for ca in cas:
                 context.load_verify_locations(cafile=str(ca))
         return context
+
+    async def _shutdown_pools(self, app: web.Application) -> None:
+        self.auth_pool.shutdown()
+        self.dir_pool.shutdown()
+
+    @web.middleware
+    async def _busy_middleware(self, request: web.Request, handler):  # type: ignore[no-untyped-def]
+        try:
+            return await handler(request)
+        except Busy as busy:
+            self._busy_log.warning("%s %s refused with 503: %s", request.method, request.path, busy)
+            return error(503, str(busy), **{"Retry-After": str(busy.retry_after)})
 
     # --- Authentication ----------------------------------------------------------------------
 
@@ -159,10 +219,10 @@ class CacheServer:
             return await handler(request)
         if is_write or self.config.private:
             user = self._user(request, cached_only=True)
-            if user is None:
-                # A password not seen before costs an scrypt: keep it off the event loop.
-                loop = asyncio.get_running_loop()
-                user = await loop.run_in_executor(None, self._user, request)
+            if user is None and request.headers.get("Authorization", "").startswith("Basic "):
+                # A password not seen before costs an scrypt: off the event loop, in the
+                # bounded pool (a full pool raises Busy: 503 + Retry-After).
+                user = await self.auth_pool.run(self._user, request)
             if user is None:
                 what = "uploads" if is_write else "this cache"
                 return error(
@@ -205,7 +265,8 @@ class CacheServer:
         if declared is not None and declared <= WRITE_PIECE:
             # Small blobs: one read, then one trip to a worker thread for write + fsync + rename.
             try:
-                body = await request.content.readexactly(declared)
+                # An empty file is a blob too; aiohttp's empty body refuses readexactly(0).
+                body = await request.content.readexactly(declared) if declared else b""
             except (asyncio.IncompleteReadError, ConnectionError) as failure:
                 log.warning("upload broken off: %s; nothing was stored", failure)
                 return error(400, "truncated upload; nothing was stored")
@@ -298,15 +359,17 @@ class CacheServer:
     async def put_entry(self, request: web.Request) -> web.Response:
         try:
             key = self._key(request)
-            body = await request.content.read(64 * 1024 + 1)
+            body = await _read_body(request, MAX_ENTRY_BYTES)
             entry = parse_entry_body(body)
         except InvalidEntry as failure:
             return error(400, str(failure))
+        except _TooLong as failure:
+            return error(413, str(failure))
         if not entry.signature and self.config.require_signature:
             return error(
                 403,
-                "unsigned entries are refused: sign it (kiln cache keygen) or run the server"
-                " with --allow-unsigned",
+                "unsigned entries are refused by this server (--require-signed): sign it"
+                " (kiln cache keygen NAME, then --sign-with NAME.key)",
             )
         if self.config.trust is not None:
             verdict = self.config.trust.verify(entry.metadata_text, entry.signature)
@@ -329,26 +392,55 @@ class CacheServer:
             key = self._key(request)
         except InvalidEntry as failure:
             return error(400, str(failure))
-        entries = await asyncio.get_running_loop().run_in_executor(None, self.dirs.read, key)
-        if entries is None:
+        # Up to 100,000 entries (tens of MiB): read in the bounded pool (full: 503), never on
+        # the event loop, and without parsing them (see DirStore.read_json).
+        body = await self.dir_pool.run(self.dirs.read_json, key)
+        if body is None:
             return error(404, f"no entry for key {key}")
-        return web.Response(
-            body=json.dumps([e.as_pair() for e in entries]).encode(),
-            content_type="application/json",
-        )
+        return web.Response(body=body, content_type="application/json")
+
+
+class _TooLong(ValueError):
+    pass
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, however many TCP segments it came in; _TooLong past ``limit`` bytes."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise _TooLong(f"the body ({declared} bytes) is over the limit of {limit} bytes")
+    body = bytearray()
+    async for piece in request.content.iter_any():
+        body += piece
+        if len(body) > limit:
+            raise _TooLong(f"the body is over the limit of {limit} bytes")
+    return bytes(body)
 
 
 async def serve(config: ServerConfig, host: str, port: int, ready=None) -> None:  # type: ignore[no-untyped-def]
     """Run until cancelled; call ``ready(url)`` once listening."""
     server = CacheServer(config)
+    # The app's answers get it in on_response_prepare; this covers those aiohttp writes itself.
+    replace_server_banner(SERVER_NAME)
+    files = raise_open_file_limit()
+    if files < config.limits.max_connections + 64:
+        log.warning(
+            "the open-file limit (%d) is below --max-connections (%d) plus the server's own"
+            " files: raise the hard limit (ulimit -Hn) or lower --max-connections",
+            files,
+            config.limits.max_connections,
+        )
     runner = web.AppRunner(
         server.make_app(),
         access_log_class=AccessLogger,
         access_log=logging.getLogger("shacache.access"),
+        **config.limits.runner_options(),
     )
     await runner.setup()
     context = server.ssl_context()
-    site = web.TCPSite(runner, host, port, ssl_context=context, backlog=1024)
+    site = LimitedSite(
+        runner, host, port, config.limits, ssl_context=context, backlog=1024, name="kiln cache"
+    )
     await site.start()
     scheme = "https" if context else "http"
     bound_port = runner.addresses[0][1] if port == 0 else port

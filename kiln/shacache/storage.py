@@ -32,6 +32,7 @@ from kiln.common.durable import fsync_directory
 from kiln.shacache.entries import Entry, check_dir_key, is_sha512
 
 WRITEBACK_WINDOW = 32 << 20
+_ENCODER = json.JSONEncoder()  # json.dumps's defaults
 
 
 class StorageFull(OSError):
@@ -103,6 +104,18 @@ class DirStore(ABC):
     @abstractmethod
     def read(self, key: str) -> list[Entry] | None:
         """The entries of ``key``, or None when it has none."""
+
+    def read_json(self, key: str) -> bytes | None:
+        """The entries of ``key`` as the wire protocol answers them: the bytes of
+        ``json.dumps([[metadata, signature], ...])``; None when it has none."""
+        entries = self.read(key)
+        if entries is None:
+            return None
+        # One short encoder call per entry rather than one for the whole list: the C encoder
+        # holds the GIL as long as a call lasts (0.2 s for 100,000 entries), and the server's
+        # event loop needs it meanwhile.
+        encode = _ENCODER.encode
+        return ("[" + ", ".join([encode(e.as_pair()) for e in entries]) + "]").encode()
 
     @abstractmethod
     def append(self, key: str, entry: Entry) -> bool:
@@ -264,6 +277,24 @@ class DiskDirStore(DirStore):
         except FileNotFoundError:
             return None
         return [Entry(text, signature) for text, signature in document["entries"]]
+
+    def _document_head(self, key: str) -> bytes:
+        return b'{"key": ' + json.dumps(key).encode() + b', "entries": '
+
+    def read_json(self, key: str) -> bytes | None:
+        """The list as stored, cut out of the file: no parsing, no encoding.
+
+        :meth:`append` writes ``json.dumps({"key": KEY, "entries": [...]})``, whose entries
+        part is byte for byte ``json.dumps([...])``; a file written otherwise is parsed.
+        """
+        try:
+            raw = self.path_for(key).read_bytes()
+        except FileNotFoundError:
+            return None
+        head = self._document_head(key)
+        if raw.startswith(head) and raw.endswith(b"}"):
+            return raw[len(head) : -1]
+        return super().read_json(key)
 
     def append(self, key: str, entry: Entry) -> bool:
         entries = self.read(key) or []

@@ -69,8 +69,9 @@ def start_cache_server(
 ) -> RunningCache:
     """Start the server as a subprocess on a free port and wait until it answers /health.
 
-    On a new root, the server creates the upload user and prints its password; it is read
-    from the log.  On a root that has users already, ``password`` is empty.
+    On a new root, the server creates the upload user and writes its password to
+    ``<root>/initial-upload-credential``, where it is read.  On a root that has users
+    already and no such file, ``password`` is empty.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -107,5 +108,8 @@ def start_cache_server(
                     f"kiln cache serve did not start: {log_path.read_text()}"
                 ) from None
             time.sleep(0.1)
-    match = re.search(r"password: (\S+)", log_path.read_text())
+    # A new root's upload credential is in a private file, never in the log.
+    credential = root / "initial-upload-credential"
+    text = credential.read_text() if credential.exists() else ""
+    match = re.search(r"^KILN_CACHE_PASSWORD=(\S+)$", text, re.MULTILINE)
     return RunningCache(root, url, "uploader", match[1] if match else "", process, log_path, args)

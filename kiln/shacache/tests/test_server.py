@@ -130,11 +130,12 @@ def test_malformed_entries_are_refused(cache_server: RunningCache, body: str) ->
     assert stored_files(cache_server.root) == []
 
 
-def test_unsigned_entries_need_allow_unsigned(cache_server: RunningCache) -> None:
+def test_unsigned_entries_are_stored_by_default(cache_server: RunningCache) -> None:
+    """As the reference servers do; --require-signed refuses them (tests/test_cache_protocol)."""
     response = requests.put(
         f"{cache_server.url}/shadir/k", data=entry_body("1" * 128), auth=cache_server.auth
     )
-    assert response.status_code == 403 and "--allow-unsigned" in response.text
+    assert response.status_code == 201, response.text
 
 
 def test_server_side_trust_refuses_entries_by_other_keys(tmp_path: Path) -> None:

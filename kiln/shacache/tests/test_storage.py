@@ -118,3 +118,19 @@ def test_full_disk_raises_storage_full_and_leaves_no_debris(small_disk: Path) ->
     writer.write(b"small")
     with store.open(writer.commit()) as blob:
         assert blob.read() == b"small"
+
+
+def test_read_json_is_json_dumps_of_the_entries_with_or_without_parsing(tmp_path: Path) -> None:
+    import json
+
+    store = DiskDirStore(tmp_path)
+    assert store.read_json("pypi:x=1") is None
+    entries = [Entry(json.dumps({"sha512": "1" * 128, "é": "\u2603"}), "a:QUJD"), Entry("{}", "")]
+    for entry in entries:
+        store.append("pypi:x=1", entry)
+    expected = json.dumps([e.as_pair() for e in entries]).encode()
+    assert store.read_json("pypi:x=1") == expected
+    # A file laid out otherwise (by hand, another version) is parsed, with the same answer.
+    path = store.path_for("pypi:x=1")
+    path.write_text(json.dumps({"entries": [e.as_pair() for e in entries], "key": "pypi:x=1"}))
+    assert store.read_json("pypi:x=1") == expected
