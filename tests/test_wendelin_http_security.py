@@ -305,6 +305,10 @@ def test_pages_carry_security_headers_and_no_version_banner(site: Site, path: st
     assert answer.headers["Server"] == "wendelin"
     missing = requests.get(site.url + "/no/such/page", timeout=30)
     assert missing.status_code == 404 and missing.headers["Server"] == "wendelin"
+    with socket.create_connection(("127.0.0.1", site.server.http_port), timeout=10) as raw:
+        raw.sendall(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n")  # aiohttp answers this itself
+        answer = raw.recv(4096)
+    assert answer.startswith(b"HTTP/1.0 400") and b"\r\nServer: wendelin\r\n" in answer, answer
 
 
 # -- 11. file modes ---------------------------------------------------------------------------

@@ -5,7 +5,7 @@ import logging
 import signal
 import ssl
 
-from aiohttp import web
+from aiohttp import web, web_response
 
 from kiln.common.connection_limits import ConnectionCap, capped_protocol, raise_open_files_limit
 from kiln.wendelin import api
@@ -62,6 +62,9 @@ async def serve(
     http_tls: ssl.SSLContext | None = None,
     forward_tls: ssl.SSLContext | None = None,
 ) -> None:
+    # on_response_prepare (pages.security_headers) never sees the 400 aiohttp writes itself
+    # for a malformed request: those take this module default, which carried the versions.
+    web_response.SERVER_SOFTWARE = "wendelin"
     before, after = raise_open_files_limit()
     if after != before:
         log.info("open files limit raised from %d to %d", before, after)

@@ -31,7 +31,8 @@ MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack")
 NDJSON_TYPES = ("application/x-ndjson", "application/jsonl")
 # fluent-plugin-wendelin sends no Content-Type, which Ruby's Net::HTTP labels a form; older
 # versions and embulk send real forms (data_chunk=); curl --data-binary sends a form too.
-CHUNK_TYPES = (FORM, "application/octet-stream", *MSGPACK_TYPES)
+# ndjson is listed for out_http pointed at this URL (its chunk check names the problem).
+CHUNK_TYPES = (FORM, "application/octet-stream", *MSGPACK_TYPES, *NDJSON_TYPES)
 # fluentd's out_http: json, ndjson, msgpack; in_http-style forms (json= or msgpack=).
 RECORD_TYPES = ("application/json", *NDJSON_TYPES, *MSGPACK_TYPES, FORM)
 
