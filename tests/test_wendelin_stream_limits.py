@@ -1,5 +1,7 @@
 """A policy cannot create streams without end, and streams do not hold files for ever."""
 
+import os
+
 import pytest
 import requests
 
@@ -53,3 +55,27 @@ def test_streams_hold_no_files_when_idle_so_the_service_restarts(tmp_path) -> No
             assert answer.ok and answer.json()[0][1] == {"value": 1}
         assert post_record(server, auth, "wild.3").status_code == 204
         assert server.open_files() - idle <= 2 * 4 + 4
+
+
+@pytest.mark.unit
+def test_the_file_cache_closes_idle_streams_only(tmp_path) -> None:
+    from kiln.wendelin.streams import FileCache, StreamFiles
+
+    cache = FileCache(limit=2)
+    streams = []
+    for number in range(5):
+        path = tmp_path / str(number)
+        path.mkdir()
+        streams.append(StreamFiles(str(path), cache))
+    with streams[0].use() as (data_fd, _):  # in use: never closed under it
+        for files in streams[1:]:
+            with files.use():
+                pass
+        assert cache.open_count <= 3
+        os.pwrite(data_fd, b"still open", 0)
+    assert not streams[0].closed
+    cache.close_idle(idle_seconds=0)
+    assert all(files.closed for files in streams)
+    assert cache.open_count == 0
+    with streams[0].use() as (data_fd, _):  # reopened on use
+        assert os.pread(data_fd, 10, 0) == b"still open"

@@ -165,6 +165,10 @@ class StreamFiles:
                 self._users -= 1
                 self.last_used = time.monotonic()
 
+    @property
+    def closed(self) -> bool:
+        return self._fds is None
+
     def close_if_idle(self, force: bool = False) -> bool:
         """Close the descriptors unless in use (``force``: wait for the lock); True if closed.
 
@@ -203,8 +207,7 @@ class FileCache:
             oldest = list(self._open)[: len(self._open) - self.limit]
         for old in oldest:
             if old is not files and old.close_if_idle():
-                with self._lock:
-                    self._open.pop(old, None)
+                self._closed(old)
 
     def close_idle(self, idle_seconds: float) -> None:
         """Close the files of streams unused for ``idle_seconds`` (from the catalog sync)."""
@@ -213,8 +216,12 @@ class FileCache:
             stale = [files for files in self._open if files.last_used < horizon]
         for files in stale:
             if files.close_if_idle():
-                with self._lock:
-                    self._open.pop(files, None)
+                self._closed(files)
+
+    def _closed(self, files: StreamFiles) -> None:
+        with self._lock:
+            if files.closed:  # not reopened by another thread meanwhile (it re-added itself)
+                self._open.pop(files, None)
 
     def forget(self, files: StreamFiles) -> None:
         files.close_if_idle(force=True)
