@@ -71,7 +71,16 @@ _MAGIC = b"WDS1"
 _RECORD = struct.Struct("<4sQQddd32sI")
 _CRC_SPAN = _RECORD.size - 4
 # Errors of a full or failing disk: answered with 503, the client retries later.
-_TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ENOMEM}
+# Out of descriptors (EMFILE, ENFILE) too: it passes once other streams' files are closed.
+_TRANSIENT_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EIO,
+    errno.EROFS,
+    errno.ENOMEM,
+    errno.EMFILE,
+    errno.ENFILE,
+}
 
 
 class StreamUnavailable(Unavailable):
@@ -711,6 +720,15 @@ class StreamStore(StoreReader, StoreWriter):
         if stream is not None:
             return stream
         check_stream_name(name)
+        try:
+            return self._create(name, policy, kind)
+        except OSError as error:
+            if error.errno in _TRANSIENT_ERRNOS:
+                reason = f"cannot create stream {name}: {os.strerror(error.errno)}"
+                raise StreamUnavailable(reason, 10) from error
+            raise
+
+    def _create(self, name: str, policy: str, kind: str) -> StreamWriter:
         path = os.path.join(self.directory, name)
         os.makedirs(path, exist_ok=True)
         meta_path = os.path.join(path, "meta.json")
