@@ -64,8 +64,9 @@ class BoundedExecutor:
     def _done(self) -> None:
         self.in_flight -= 1
 
-    def shutdown(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+    def shutdown(self, wait: bool = False) -> None:
+        """Stop the threads; ``wait``: finish the jobs in flight first (a clean stop)."""
+        self._executor.shutdown(wait=wait, cancel_futures=not wait)
 
 
 class ThrottledLog:

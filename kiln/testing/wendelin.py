@@ -2,10 +2,12 @@
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,10 +40,17 @@ class ServerProcess:
     """One service process; ``kill()`` is SIGKILL, ``start()`` again reuses root and ports."""
 
     def __init__(
-        self, root: str, *extra: str, log_path: str | None = None, ca: str | None = None
+        self,
+        root: str,
+        *extra: str,
+        log_path: str | None = None,
+        ca: str | None = None,
+        open_files_soft_limit: int | None = None,
     ) -> None:
-        """``extra``: more `serve` options; ``ca``: what to trust when they include --tls-cert."""
+        """``extra``: more `serve` options; ``ca``: what to trust when they include --tls-cert;
+        ``open_files_soft_limit``: start the process with this soft RLIMIT_NOFILE."""
         self.root = root
+        self.open_files_soft_limit = open_files_soft_limit
         self.ca = ca
         self.http_port = free_port()
         self.forward_port = free_port()
@@ -73,6 +82,7 @@ class ServerProcess:
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=self._limit_open_files if self.open_files_soft_limit else None,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -87,9 +97,27 @@ class ServerProcess:
             time.sleep(0.05)
         raise TimeoutError(f"server did not start: {self.log()}")
 
+    def _limit_open_files(self) -> None:
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files_soft_limit, hard))
+
     def log(self) -> str:
         with open(self.log_path, errors="replace") as log:
             return log.read()[-4000:]
+
+    def rss(self) -> int:
+        """The server's resident memory in bytes (Linux /proc)."""
+        assert self.process is not None
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS in /proc status")
+
+    def open_files(self) -> int:
+        """How many file descriptors the server holds (sockets and files)."""
+        assert self.process is not None
+        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs, as in a crash or power cut of the process."""
@@ -113,6 +141,39 @@ class ServerProcess:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+class HealthProbe:
+    """Polls ``/healthz`` from a thread while a load runs; ``slowest`` answer in seconds.
+
+    How long the health check waits is how long the event loop was kept from everything
+    else: the measure of work that should not run on it.
+    """
+
+    def __init__(self, url: str, period: float = 0.02) -> None:
+        self.url = url + "/healthz"
+        self.period = period
+        self.slowest = 0.0
+        self.answers = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        with requests.Session() as session:
+            while not self._stop.is_set():
+                started = time.perf_counter()
+                session.get(self.url, timeout=30).raise_for_status()
+                self.slowest = max(self.slowest, time.perf_counter() - started)
+                self.answers += 1
+                time.sleep(self.period)
+
+    def __enter__(self) -> "HealthProbe":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(60)
 
 
 @dataclass(frozen=True)

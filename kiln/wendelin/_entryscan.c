@@ -6,7 +6,7 @@
  *
  *   fixarray(2) | fixext8 type 0 (EventTime: 8 bytes) | a map (any msgpack inside)
  *
- * scan(buffer) -> (count, lowest_time_bytes, highest_time_bytes), or None when the chunk is
+ * scan(buffer, max_depth) -> (count, lowest_time_bytes, highest_time_bytes), or None when the chunk is
  * not entirely of that shape or not well-formed msgpack.  None is not an error: the Python
  * parser then decides, and names the problem if there is one.  Every read is bounds-checked;
  * nesting is handled with a counter of objects still to skip, not recursion.
@@ -38,7 +38,8 @@ static int is_container(unsigned char marker)
  * key (unhashable), an ext of a negative type (Python's ExtType takes 0..127 only), or
  * nesting deeper than MAX_DEPTH.  Each level counts the objects it still holds.
  */
-static int skip_object(const unsigned char *data, Py_ssize_t size, Py_ssize_t *pos)
+static int skip_object(const unsigned char *data, Py_ssize_t size, Py_ssize_t *pos,
+                       int max_depth)
 {
     uint64_t left[MAX_DEPTH + 1];
     unsigned char in_map[MAX_DEPTH + 1];
@@ -121,7 +122,7 @@ static int skip_object(const unsigned char *data, Py_ssize_t size, Py_ssize_t *p
         if (children) {
             /* Every object takes at least one byte: more objects than bytes left is a
                truncated chunk, and keeps the counts far from overflowing. */
-            if (children > (uint64_t)(size - at) || depth == MAX_DEPTH)
+            if (children > (uint64_t)(size - at) || depth >= max_depth)
                 return -1;
             depth++;
             left[depth] = children;
@@ -137,11 +138,15 @@ static int is_map_marker(unsigned char marker)
     return (marker & 0xf0) == 0x80 || marker == 0xde || marker == 0xdf;
 }
 
-static PyObject *scan(PyObject *module, PyObject *argument)
+static PyObject *scan(PyObject *module, PyObject *args)
 {
     Py_buffer view;
-    if (PyObject_GetBuffer(argument, &view, PyBUF_SIMPLE) < 0)
+    int max_depth = MAX_DEPTH;
+    if (!PyArg_ParseTuple(args, "y*|i", &view, &max_depth))
         return NULL;
+    /* Deeper than the arrays here allow: the Python parser decides (and checks the depth). */
+    if (max_depth > MAX_DEPTH || max_depth < 0)
+        max_depth = MAX_DEPTH;
     const unsigned char *data = view.buf;
     Py_ssize_t size = view.len, pos = 0, count = 0;
     const unsigned char *lowest = NULL, *highest = NULL;
@@ -160,7 +165,7 @@ static PyObject *scan(PyObject *module, PyObject *argument)
         if (!highest || memcmp(key, highest, 8) > 0)
             highest = key;
         pos += 11;
-        if (skip_object(data, size, &pos) < 0) {
+        if (skip_object(data, size, &pos, max_depth) < 0) {
             shaped = 0;
             break;
         }
@@ -178,10 +183,10 @@ static PyObject *scan(PyObject *module, PyObject *argument)
 }
 
 static PyMethodDef methods[] = {
-    {"scan", scan, METH_O,
-     "scan(chunk) -> (count, lowest_time_bytes, highest_time_bytes) or None.\n\n"
+    {"scan", scan, METH_VARARGS,
+     "scan(chunk, max_depth=512) -> (count, lowest_time_bytes, highest_time_bytes) or None.\n\n"
      "None when the chunk is not made only of [EventTime, map] entries of well-formed "
-     "msgpack; the caller then parses it in Python."},
+     "msgpack nested at most max_depth levels; the caller then parses it in Python."},
     {NULL, NULL, 0, NULL},
 };
 

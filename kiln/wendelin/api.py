@@ -8,6 +8,7 @@ upload, are an input (``inputs.stream_api``).
 """
 
 import base64
+import json
 import math
 import re
 
@@ -19,7 +20,9 @@ from kiln.wendelin.httputil import Failure, error, readable_stream, require_acco
 from kiln.wendelin.stream_reader import StreamReader
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)\Z")
-MAX_ENTRIES_PER_PAGE = 100_000
+DEFAULT_ENTRIES_PER_PAGE = 10_000
+# Converting is recursive (here, in json, in the page's template): well within Python's limit.
+_MAX_SHOWN_DEPTH = 400
 
 
 def describe(stream: StreamReader) -> dict[str, object]:
@@ -111,26 +114,43 @@ async def stream_entries(request: web.Request) -> web.Response:
     stop = _number(request, "stop")
     since = _number(request, "since", float)
     until = _number(request, "until", float)
-    limit = min(_number(request, "limit") or 10_000, MAX_ENTRIES_PER_PAGE)
+    service = service_of(request)
+    page = service.limits.max_page_entries  # larger pages are cut there, with X-Next-Start
+    limit = max(min(_number(request, "limit") or DEFAULT_ENTRIES_PER_PAGE, page), 1)
     if start < 0:  # negative start counts from the end, for "latest entries"
         start = max(stream.stats.entries + start, 0)
-    data, next_start = stream.scan_entries(  # StreamKindError (409) for a raw stream
-        int(start),
-        None if stop is None else int(stop),
-        -math.inf if since is None else since,
-        math.inf if until is None else until,
-        int(limit),
-    )
+    as_json = request.query.get("format") == "json"
+
+    def page_of_entries() -> tuple[bytes, int | None]:
+        data, next_start = stream.scan_entries(  # StreamKindError (409) for a raw stream
+            int(start),
+            None if stop is None else int(stop),
+            -math.inf if since is None else since,
+            math.inf if until is None else until,
+            int(limit),
+        )
+        if as_json:
+            entries = [to_json_entry(entry) for entry in chunks.iter_entries(data)]
+            return json.dumps(entries).encode(), next_start
+        return data, next_start
+
+    # Reading and converting 100,000 entries takes seconds of CPU: in the conversion pool
+    # (503 when full), so that the event loop keeps serving ingest and health checks.
+    body, next_start = await service.off_loop(service.conversions, page_of_entries)
     headers = {} if next_start is None else {"X-Next-Start": str(next_start)}
-    if request.query.get("format") == "json":
-        entries = [to_json_entry(entry) for entry in chunks.iter_entries(data)]
-        return web.json_response(entries, headers=headers)
-    return web.Response(body=data, content_type="application/msgpack", headers=headers)
+    kind = "application/json" if as_json else "application/msgpack"
+    return web.Response(body=body, content_type=kind, headers=headers)
 
 
 def to_json_entry(entry: list) -> list:
-    """``[seconds, record]`` with bytes shown as text when they are UTF-8, else base64."""
+    """``[seconds, record]`` with bytes shown as text when they are UTF-8, else base64.
+
+    A record stored before --max-record-depth existed may nest too deeply to convert: it
+    is shown as a note, so that one record cannot make its stream's pages fail.
+    """
     seconds = eventtime.to_seconds(entry[0])
+    if chunks.deeper_than(entry[1], _MAX_SHOWN_DEPTH):  # checked without recursion
+        return [seconds, {"_wendelin": "record nested too deeply to show; read it as msgpack"}]
     return [seconds, _jsonable(entry[1])]
 
 

@@ -13,6 +13,9 @@ import click
 from kiln.common.addresses import FORWARD_PORT, WENDELIN_HTTP_PORT, parse_host_port
 from kiln.wendelin.catalog import AlreadyExists, open_catalog
 from kiln.wendelin.policies import PolicyRegistry, hash_password
+from kiln.wendelin.service import Limits
+
+_LIMITS = Limits()  # the defaults of the serve options that set limits
 
 ROOT_OPTION = click.option(
     "--root",
@@ -24,8 +27,24 @@ ROOT_OPTION = click.option(
 
 
 def _registry(root: str) -> PolicyRegistry:
-    os.makedirs(root, exist_ok=True)
+    private_files(root)
     return PolicyRegistry(root, open_catalog(root))
+
+
+def private_files(root: str) -> None:
+    """Files this process creates are its user's only, and those under ``root`` too.
+
+    The catalog holds password hashes and the streams hold the data: readable by every
+    local user (0644) they were readable to anyone with a shell on the machine.
+    """
+    os.umask(0o077)
+    os.makedirs(root, exist_ok=True)
+    for directory, _, files in os.walk(root):
+        os.chmod(directory, 0o700)
+        for name in files:
+            path = os.path.join(directory, name)
+            if not os.path.islink(path):  # never follow a link out of root
+                os.chmod(path, 0o600)
 
 
 @click.group()
@@ -79,6 +98,79 @@ def wendelin() -> None:
     show_default=True,
     help="How long a committed chunk is remembered, so its resend is not appended again.",
 )
+@click.option(
+    "--max-connections",
+    default=_LIMITS.max_connections,
+    show_default=True,
+    help="Open HTTP connections at once; past it new ones are closed (logged).",
+)
+@click.option(
+    "--max-forward-connections",
+    default=_LIMITS.max_forward_connections,
+    show_default=True,
+    help="Open forward connections at once; past it new ones are closed (logged).",
+)
+@click.option(
+    "--header-timeout",
+    default=_LIMITS.header_timeout,
+    show_default=True,
+    help="Seconds a new HTTP connection has to send its first request head (slowloris).",
+)
+@click.option(
+    "--handshake-timeout",
+    default=_LIMITS.handshake_timeout,
+    show_default=True,
+    help="Seconds from connecting to a completed forward handshake; reads do not extend it.",
+)
+@click.option(
+    "--max-handshake-kib",
+    default=_LIMITS.max_handshake_bytes >> 10,
+    show_default=True,
+    help="Forward bytes accepted before the handshake (a PING is well under 1 KiB).",
+)
+@click.option(
+    "--max-compressed-members",
+    default=_LIMITS.max_members,
+    show_default=True,
+    help="gzip members or zstd frames in one forward message.",
+)
+@click.option(
+    "--max-streams-per-policy",
+    default=_LIMITS.max_streams_per_policy,
+    show_default=True,
+    help="Streams one policy may create; a new tag past it is refused (403).",
+)
+@click.option(
+    "--max-open-streams",
+    default=_LIMITS.max_open_streams,
+    show_default=True,
+    help="Streams whose files stay open at once; idle ones are closed and reopened on use.",
+)
+@click.option(
+    "--max-record-depth",
+    default=_LIMITS.max_record_depth,
+    show_default=True,
+    help="Levels of maps and arrays in a record; deeper records are refused (400).",
+)
+@click.option(
+    "--max-page-entries",
+    default=_LIMITS.max_page_entries,
+    show_default=True,
+    help="Entries in one page of GET /api/streams/<name>/entries (more: X-Next-Start).",
+)
+@click.option(
+    "--cpu-queue",
+    default=_LIMITS.cpu_queue,
+    show_default=True,
+    help="Jobs waiting per worker pool (decompression, large reads); past it: 503 + "
+    "Retry-After, or a forward connection closed without ack.",
+)
+@click.option(
+    "--password-queue",
+    default=_LIMITS.password_queue,
+    show_default=True,
+    help="Password checks (scrypt, one at a time) waiting; past it: 503 + Retry-After.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def serve(
     root: str,
@@ -91,6 +183,18 @@ def serve(
     max_chunk_mib: int,
     max_queued_mib: int,
     dedup_retention_hours: float,
+    max_connections: int,
+    max_forward_connections: int,
+    header_timeout: float,
+    handshake_timeout: float,
+    max_handshake_kib: int,
+    max_compressed_members: int,
+    max_streams_per_policy: int,
+    max_open_streams: int,
+    max_record_depth: int,
+    max_page_entries: int,
+    cpu_queue: int,
+    password_queue: int,
     verbose: bool,
 ) -> None:
     """Serve HTTP and the forward protocol from one process, with state under --root.
@@ -100,8 +204,9 @@ def serve(
     """
     from kiln.wendelin.server import serve as run
     from kiln.wendelin.server import tls_context
-    from kiln.wendelin.service import Limits, RootInUse
+    from kiln.wendelin.service import RootInUse
 
+    private_files(root)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -113,6 +218,18 @@ def serve(
         max_pending_bytes=max_queued_mib << 20,
         max_receiving_bytes=max_queued_mib << 20,
         dedup_retention=dedup_retention_hours * 3600,
+        max_connections=max_connections,
+        max_forward_connections=max_forward_connections,
+        header_timeout=header_timeout,
+        handshake_timeout=handshake_timeout,
+        max_handshake_bytes=max_handshake_kib << 10,
+        max_members=max_compressed_members,
+        max_streams_per_policy=max_streams_per_policy,
+        max_open_streams=max_open_streams,
+        max_record_depth=max_record_depth,
+        max_page_entries=max_page_entries,
+        cpu_queue=cpu_queue,
+        password_queue=password_queue,
     )
     try:
         http_address = parse_host_port(listen, WENDELIN_HTTP_PORT)

@@ -31,6 +31,10 @@ class DecompressionError(ValueError):
     pass
 
 
+# gunzip and unzstd: (blob, output limit, max members) -> the decompressed bytes.
+Decompress = Callable[[bytes, int, int], bytes]
+
+
 class _Decompressor(Protocol):
     eof: bool
     unused_data: bytes

@@ -1,5 +1,6 @@
 """fluentd's EventTime: msgpack ext type 0, big-endian uint32 seconds then uint32 nanoseconds."""
 
+import math
 import struct
 
 import msgpack
@@ -29,12 +30,19 @@ def from_key(key: bytes) -> float:
     return seconds + nanos * 1e-9
 
 
+_LATEST = 2**32 - 1  # EventTime holds unsigned 32-bit seconds
+
+
 def pack(seconds: float) -> msgpack.ExtType:
-    """An EventTime for a time in seconds since the epoch."""
+    """An EventTime for a time in seconds since the epoch; ValueError if it cannot be one."""
+    if type(seconds) not in (int, float):
+        raise ValueError(f"time must be a number of seconds, not {type(seconds).__name__}")
+    if not (math.isfinite(seconds) and 0 <= seconds < _LATEST):
+        raise ValueError(f"time must be seconds since 1970 from 0 to {_LATEST}, not {seconds}")
     whole = int(seconds)
     nanos = round((seconds - whole) * 1e9)
     if nanos >= 1_000_000_000:
-        whole, nanos = whole + 1, nanos - 1_000_000_000
+        whole, nanos = min(whole + 1, _LATEST), nanos - 1_000_000_000
     return msgpack.ExtType(EVENT_TIME_EXT_CODE, _SECONDS_NANOS.pack(whole, nanos))
 
 

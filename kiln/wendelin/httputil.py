@@ -64,6 +64,64 @@ async def failures(request: web.Request, handler) -> web.StreamResponse:
         return answer_refusal(refusal)
 
 
+_STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+SAME, CROSS, UNKNOWN = "same-origin", "cross-site", "unknown"
+
+
+def origin_of(request: web.Request) -> str:
+    """Whether a browser says the request comes from this site's own pages.
+
+    ``Sec-Fetch-Site`` (same-origin, or none for a typed URL) and ``Origin`` (compared by
+    host, so that it also holds behind a TLS-terminating proxy that keeps the Host header)
+    are set by browsers and cannot be forged by a page; ``Origin: null`` (sandboxed frames,
+    some redirects) is cross-site. Clients that are not browsers (fluentd, curl, the Python
+    client) send neither: UNKNOWN.
+    """
+    verdicts = set()
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site is not None:
+        verdicts.add(SAME if fetch_site in ("same-origin", "none") else CROSS)
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        verdicts.add(SAME if origin.partition("://")[2] == request.host else CROSS)
+    if CROSS in verdicts:
+        return CROSS
+    return SAME if verdicts else UNKNOWN
+
+
+@web.middleware
+async def same_origin(request: web.Request, handler) -> web.StreamResponse:
+    """Refuse (403) a state-changing request a browser made from another site.
+
+    A browser that has cached Basic credentials sends them with a cross-site form post or
+    ``fetch`` too (CSRF); such a request always carries a cross-site ``Origin`` or
+    ``Sec-Fetch-Site``. Checked before credentials, so it costs no scrypt.
+    """
+    if request.method in _STATE_CHANGING and origin_of(request) == CROSS:
+        return error(
+            403,
+            f"cross-site request refused: {request.method} {request.path} must come from this "
+            "site's own pages, or from a client that is not a browser",
+        )
+    return await handler(request)
+
+
+def require_content_type(request: web.Request, accepted: tuple[str, ...]) -> None:
+    """415 unless the body is one of ``accepted`` (no Content-Type at all is accepted).
+
+    ``text/plain`` in particular is refused on ingest: it is what a cross-site page can send
+    without asking the browser first, and none of our senders use it.
+    """
+    if "Content-Type" in request.headers and request.content_type not in accepted:
+        raise Failure(
+            error(
+                415,
+                f"unsupported Content-Type {request.content_type!r}: send one of "
+                + ", ".join(accepted),
+            )
+        )
+
+
 @web.middleware
 async def credentials(request: web.Request, handler) -> web.StreamResponse:
     """Check Basic credentials off the event loop first, so handlers only look them up."""
@@ -113,6 +171,8 @@ def decoding(refusal: str = "malformed body, nothing appended") -> Iterator[None
         yield
     except (ValueError, msgpack.UnpackException) as problem:
         raise Malformed(f"{refusal}: {problem}") from None
+    except RecursionError:  # JSON nested thousands deep
+        raise Malformed(f"{refusal}: nested too deeply") from None
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:

@@ -192,7 +192,7 @@ class PolicyRegistry:
         """Whether ``check_password`` already accepted this password: no scrypt, no waiting."""
         return self._logins.is_verified(user, password, stored_hash)
 
-    def check_password(self, user: str, password: str, stored_hash: str) -> bool:
+    def check_password(self, user: str, password: str, stored_hash: str | None) -> bool:
         """scrypt is slow on purpose (about 50 ms): run it in a worker thread, not on the
         event loop. fluentd sends many chunks with one password, so successes are cached."""
         return self._logins.check(user, password, stored_hash)

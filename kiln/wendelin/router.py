@@ -35,6 +35,16 @@ class StreamExists(Conflict):
     """A new stream was asked for under a name that is taken."""
 
 
+class StreamLimitReached(TagRejected):
+    """The policy owns as many streams as it may: a new tag is refused, not stored.
+
+    A 403 like any tag the policy does not take, not a 429 or 503: the condition lasts until
+    an operator acts, and fluentd retries a retryable answer with one backoff for the whole
+    output, so every other tag of that output would wait behind the refused one. out_http
+    logs and drops a 403 chunk; out_forward gets no ack and resends.
+    """
+
+
 def retry_key(chunk_id: bytes) -> bytes:
     """Dedup key of a chunk by its sender's id: fluentd resends the same id with the same
     bytes. Stored in the index, so it must never change (keys written before would no longer
@@ -45,8 +55,9 @@ def retry_key(chunk_id: bytes) -> bytes:
 class Router:
     """Routes emitted data to streams within the sender's policy; the store's only writer."""
 
-    def __init__(self, store: StoreWriter) -> None:
+    def __init__(self, store: StoreWriter, max_streams_per_policy: int = 1_000) -> None:
         self._store = store
+        self.max_streams_per_policy = max_streams_per_policy
         self.closing = False
 
     def refuse_if_closing(self) -> None:
@@ -81,7 +92,7 @@ class Router:
         stream = self._stream_of(policy, tag)
         if stream is None:
             chunk = parse(data)
-            stream = self._store.open_or_create(tag, policy.name, ENTRIES)
+            stream = self._create(policy, tag, ENTRIES)
             return stream.append_by_content(data, lambda _: chunk)
         _check_entries(stream)
         return stream.append_by_content(data, parse)
@@ -95,16 +106,27 @@ class Router:
         stream = self._stream_of(policy, name)
         if stream is not None and new:
             raise StreamExists(f"stream {name!r} exists: append to it, or upload to a new name")
-        stream = stream or self._store.open_or_create(name, policy.name, RAW)
+        stream = stream or self._create(policy, name, RAW)
         return await stream.append_raw(pieces)
 
     def _entry_stream(self, policy: Policy, tag: str) -> StreamWriter:
         self.refuse_if_closing()
         stream = self._stream_of(policy, tag)
         if stream is None:
-            return self._store.open_or_create(tag, policy.name, ENTRIES)
+            return self._create(policy, tag, ENTRIES)
         _check_entries(stream)
         return stream
+
+    def _create(self, policy: Policy, name: str, kind: str) -> StreamWriter:
+        """A new stream for ``policy``, within its limit (StreamLimitReached past it)."""
+        if self._store.count_of(policy.name) >= self.max_streams_per_policy:
+            raise StreamLimitReached(
+                f"policy {policy.name} already has {self.max_streams_per_policy} streams, "
+                f"its limit (kiln wendelin serve --max-streams-per-policy): tag {name!r} "
+                "would be a new one; nothing appended. Send to an existing tag, narrow the "
+                "tag pattern, or raise the limit"
+            )
+        return self._store.open_or_create(name, policy.name, kind)
 
     def _stream_of(self, policy: Policy, tag: str) -> StreamWriter | None:
         """The stream ``policy`` writes ``tag`` to if it exists; TagRejected if it may not."""

@@ -7,9 +7,11 @@ import ssl
 
 from aiohttp import web
 
+from kiln.common.connection_limits import ConnectionCap, capped_protocol
+from kiln.common.serving import raise_open_file_limit, replace_server_banner
 from kiln.wendelin import api
 from kiln.wendelin import web as pages
-from kiln.wendelin.httputil import SERVICE, credentials, failures
+from kiln.wendelin.httputil import SERVICE, credentials, failures, same_origin
 from kiln.wendelin.inputs import forms, http_ingest, stream_api
 from kiln.wendelin.inputs.forward import ForwardServer
 from kiln.wendelin.service import Limits, Service
@@ -28,9 +30,13 @@ async def health(request: web.Request) -> web.Response:
 def make_app(service: Service) -> web.Application:
     # The body limit is enforced by the handlers, which stream; aiohttp's own limit only
     # applies to request.post() forms.
+    # Cross-site writes are refused before any password is checked; refusals from the
+    # credentials check (503 when its queue is full) are answered by ``failures``.
     app = web.Application(
-        middlewares=[credentials, failures], client_max_size=service.limits.max_chunk_bytes
+        middlewares=[failures, same_origin, credentials],
+        client_max_size=service.limits.max_chunk_bytes,
     )
+    app.on_response_prepare.append(pages.security_headers)
     app[SERVICE] = service
     app.router.add_get("/healthz", health)
     http_ingest.add_routes(app)
@@ -57,16 +63,41 @@ async def serve(
     http_tls: ssl.SSLContext | None = None,
     forward_tls: ssl.SSLContext | None = None,
 ) -> None:
+    # on_response_prepare (pages.security_headers) never sees the 400 aiohttp writes itself
+    # for a malformed request: those take the process-wide banner, which carried the versions.
+    replace_server_banner("wendelin")
+    log.info("open files limit: %d", raise_open_file_limit())
     service = Service(root, limits)
     runner = web.AppRunner(
         make_app(service), access_log_format=ACCESS_LOG_FORMAT, handle_signals=False
     )
     await runner.setup()
-    site = web.TCPSite(runner, listen[0], listen[1], backlog=512, ssl_context=http_tls)
-    await site.start()
+    loop = asyncio.get_running_loop()
+    assert runner.server is not None
+    # Not web.TCPSite: its connections are neither capped nor given a deadline for their
+    # request head, so slow clients could hold every descriptor (slowloris).
+    http_cap = ConnectionCap("http", limits.max_connections)
+    http_server = await loop.create_server(
+        capped_protocol(runner.server, http_cap, limits.header_timeout),
+        listen[0],
+        listen[1],
+        ssl=http_tls,
+        backlog=512,
+        reuse_address=True,
+    )
     forward_server = None
     if forward_listen is not None:
-        forward = ForwardServer(service.router, service.policies, limits.max_chunk_bytes)
+        forward = ForwardServer(
+            service.router,
+            service.policies,
+            limits.max_chunk_bytes,
+            handshake_timeout=limits.handshake_timeout,
+            max_handshake_bytes=limits.max_handshake_bytes,
+            max_members=limits.max_members,
+            max_record_depth=limits.max_record_depth,
+            max_connections=limits.max_forward_connections,
+            decompressions=service.decompressions,
+        )
         forward_server = await forward.start(*forward_listen, ssl_context=forward_tls)
     log.info(
         "serving root %s: %s on %s:%d, forward on %s",
@@ -76,7 +107,6 @@ async def serve(
         f"{forward_listen[0]}:{forward_listen[1]}" if forward_listen else "(off)",
     )
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(number, stop.set)
     syncing = asyncio.create_task(service.sync_catalog_forever())
@@ -87,5 +117,6 @@ async def serve(
         forward_server.close()
     syncing.cancel()
     await service.close()
+    http_server.close()
     await runner.cleanup()
     log.info("stopped")

@@ -7,18 +7,22 @@ import fcntl
 import logging
 import math
 import os
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from aiohttp import web
 
+from kiln.common.limits import BoundedExecutor, Busy
 from kiln.wendelin.catalog import Catalog, StreamRecord, open_catalog
 from kiln.wendelin.policies import Policy, PolicyRegistry
+from kiln.wendelin.refusals import Unavailable
 from kiln.wendelin.router import Router
 from kiln.wendelin.stream_reader import StoreReader, StreamReader
 from kiln.wendelin.streams import StreamStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 # Set on each request by verify_credentials (None: no or wrong credentials).
 _ACCOUNT: web.RequestKey["Account | None"] = web.RequestKey("account", object)
 
@@ -30,6 +34,19 @@ class Limits:
     max_pending_bytes: int = 256 << 20  # queued for commit before answering 503
     max_receiving_bytes: int = 256 << 20  # HTTP bodies being received at once, likewise
     dedup_retention: float = 7 * 24 * 3600.0
+    # What an unauthenticated or abusive client can hold (docs/security.md lists them all).
+    max_connections: int = 512  # open HTTP connections; past it new ones are closed
+    max_forward_connections: int = 512  # likewise on the forward port
+    header_timeout: float = 10.0  # seconds for a new HTTP connection's first request head
+    handshake_timeout: float = 10.0  # seconds from connect to a completed forward handshake
+    max_handshake_bytes: int = 64 << 10  # forward bytes buffered before the handshake
+    max_members: int = 10_000  # gzip members or zstd frames in one forward message
+    max_streams_per_policy: int = 1_000  # streams one policy may create
+    max_open_streams: int = 256  # streams whose files are open at once (an LRU)
+    max_record_depth: int = 64  # nesting of maps and arrays in an accepted record
+    max_page_entries: int = 100_000  # entries in one page of GET .../entries
+    cpu_queue: int = 16  # jobs waiting per worker pool (decompression, large reads)
+    password_queue: int = 64  # password checks waiting (about 50 ms each, one at a time)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,12 +80,26 @@ class Service:
             self.root,
             dedup_retention=self.limits.dedup_retention,
             max_pending_bytes=self.limits.max_pending_bytes,
+            max_open_streams=self.limits.max_open_streams,
         )
         # Handlers read through ``streams`` and write through ``router`` only.
         self.streams: StoreReader = self._store
-        self.router = Router(self._store)
+        self.router = Router(self._store, self.limits.max_streams_per_policy)
         self.receiving_bytes = 0  # HTTP bodies in memory right now (see httputil.read_body)
-        self._password_checks = ThreadPoolExecutor(1, thread_name_prefix="password-check")
+        # CPU work off the event loop, each in its own bounded pool, so that a flood of one
+        # kind (wrong passwords, compressed floods, huge reads) answers 503 instead of
+        # queueing without end, and cannot take the threads of another kind or of the disk.
+        queue = self.limits.cpu_queue
+        self._password_checks = BoundedExecutor("password-check", 1, self.limits.password_queue)
+        self.decompressions = BoundedExecutor("decompress", 1, queue)
+        self.conversions = BoundedExecutor("convert", 1, queue)
+
+    async def off_loop(self, pool: BoundedExecutor, function: Callable[..., T], *args: object) -> T:
+        """``function(*args)`` in ``pool``; Unavailable (503 + Retry-After) when it is full."""
+        try:
+            return await pool.run(function, *args)
+        except Busy as full:
+            raise Unavailable(f"overloaded, {full}", retry_after=2) from None
 
     def authenticate(self, request: web.Request) -> Account | None:
         """HTTP Basic against policy users, then reader accounts.
@@ -81,31 +112,37 @@ class Service:
         if found is None:
             return None
         user, password, stored, policy = found
-        return Account(user, policy) if self.policies.is_verified(user, password, stored) else None
+        if stored is None or not self.policies.is_verified(user, password, stored):
+            return None
+        return Account(user, policy)
 
     async def verify_credentials(self, request: web.Request) -> None:
         """Check a request's Basic password before its handler runs, for ``authenticate``.
 
         scrypt takes about 50 ms of CPU: on the event loop, every wrong password would stall
         all ingest for that long, so it runs in a worker thread (one, so that a flood of
-        wrong passwords keeps one core at most). Accepted passwords are cached.
+        wrong passwords keeps one core at most). Accepted passwords are cached. An unknown
+        user is checked against a decoy hash, so that it takes as long as a known user's
+        wrong password (no user enumeration by timing). A full queue of checks is Unavailable
+        (503).
         """
-        account = None
+        request[_ACCOUNT] = None
         found = self._stored_hash(request)
-        if found is not None:
-            user, password, stored, policy = found
-            verified = self.policies.is_verified(user, password, stored)
-            if not verified:
-                loop = asyncio.get_running_loop()
-                verified = await loop.run_in_executor(
-                    self._password_checks, self.policies.check_password, user, password, stored
-                )
-            if verified:
-                account = Account(user, policy)
-        request[_ACCOUNT] = account
+        if found is None:
+            return
+        user, password, stored, policy = found
+        verified = stored is not None and self.policies.is_verified(user, password, stored)
+        if not verified:
+            check = self.policies.check_password
+            verified = await self.off_loop(self._password_checks, check, user, password, stored)
+        if verified and stored is not None:
+            request[_ACCOUNT] = Account(user, policy)
 
-    def _stored_hash(self, request: web.Request) -> tuple[str, str, str, Policy | None] | None:
-        """(user, password, stored hash, policy or None for a reader) of a known user."""
+    def _stored_hash(
+        self, request: web.Request
+    ) -> tuple[str, str, str | None, Policy | None] | None:
+        """(user, password, stored hash, policy or None for a reader) of Basic credentials;
+        the hash is None for an unknown user."""
         header = request.headers.get("Authorization", "")
         if not header.startswith("Basic "):
             return None
@@ -116,10 +153,7 @@ class Service:
         policy = self.policies.by_user(user)
         if policy is not None:
             return user, password, policy.record.password_hash, policy
-        stored = self.catalog.reader_hash(user)
-        if stored is not None:
-            return user, password, stored, None
-        return None
+        return user, password, self.catalog.reader_hash(user), None
 
     @property
     def shutting_down(self) -> bool:
@@ -161,7 +195,8 @@ class Service:
     async def close(self) -> None:
         self.start_closing()
         await self._store.close()
-        self._password_checks.shutdown(wait=True)
+        for pool in (self._password_checks, self.decompressions, self.conversions):
+            pool.shutdown(wait=True)
         self.sync_catalog()
         self.catalog.close()
         os.close(self._lock)

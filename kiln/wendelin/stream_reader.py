@@ -13,7 +13,8 @@ import os
 import struct
 from abc import ABC, abstractmethod
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import msgpack
@@ -24,6 +25,8 @@ ENTRIES = "entries"
 RAW = "raw"
 # Chunks one entry scan looks at before answering with a cursor (bounded work per request).
 MAX_CHUNKS_PER_SCAN = 200_000
+# A stream's (data, index) file descriptors, open while the context lasts (streams.StreamFiles).
+OpenFiles = Callable[[], AbstractContextManager[tuple[int, int]]]
 
 
 class StreamKindError(Conflict):
@@ -77,12 +80,13 @@ class StreamReader:
     """The committed part of one stream, read-only."""
 
     def __init__(
-        self, name: str, kind: str, policy: str, data_fd: int, committed: CommittedChunks
+        self, name: str, kind: str, policy: str, files: OpenFiles, committed: CommittedChunks
     ) -> None:
         self.name = name
         self.kind = kind
         self.policy = policy
-        self._data_fd = data_fd  # the writer's: pread only here, and the writer closes it
+        # The writer's (data, index) descriptors, opened on use: pread only here.
+        self._files = files
         # The writer grows these in place (CommittedChunks.add); they are never replaced.
         self.stats = committed.stats
         self._ends = committed.ends
@@ -96,7 +100,8 @@ class StreamReader:
         end = min(offset + length, self.stats.size)
         if offset >= end:
             return b""
-        return os.pread(self._data_fd, end - offset, offset)
+        with self._files() as (data_fd, _):
+            return os.pread(data_fd, end - offset, offset)
 
     def iter_bytes(self, start: int, end: int, piece: int = 1 << 20) -> Iterator[bytes]:
         end = min(end, self.stats.size)

@@ -33,9 +33,11 @@ import math
 import os
 import re
 import struct
+import threading
 import time
 import zlib
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -62,12 +64,23 @@ NO_KEY = bytes(32)
 _CONTENT_KEY_TAG = b"content/xxh3-128"
 # Remembered chunk keys per stream (about 140 bytes each), besides the retention window.
 MAX_DEDUP_KEYS = 1_000_000
+# A stream's files are closed after this long unused (they reopen on the next use).
+IDLE_FILES_SECONDS = 60.0
 _MAGIC = b"WDS1"
 # magic, end offset, entries in total, min time, max time, commit time, dedup key, crc32
 _RECORD = struct.Struct("<4sQQddd32sI")
 _CRC_SPAN = _RECORD.size - 4
 # Errors of a full or failing disk: answered with 503, the client retries later.
-_TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ENOMEM}
+# Out of descriptors (EMFILE, ENFILE) too: it passes once other streams' files are closed.
+_TRANSIENT_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EIO,
+    errno.EROFS,
+    errno.ENOMEM,
+    errno.EMFILE,
+    errno.ENFILE,
+}
 
 
 class StreamUnavailable(Unavailable):
@@ -121,6 +134,114 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         offset += written
 
 
+class StreamFiles:
+    """One stream's ``data`` and ``index`` descriptors, opened on use, closed when idle.
+
+    Holding two descriptors per stream for ever let a policy that creates streams exhaust
+    the process's file limit (and then the service could not restart). Streams in use stay
+    open; the least recently used idle ones are closed past ``FileCache.limit``, and any idle
+    for a minute by ``FileCache.close_idle``. ``use()`` may run in any thread.
+    """
+
+    def __init__(self, path: str, cache: "FileCache") -> None:
+        self._paths = (os.path.join(path, "data"), os.path.join(path, "index"))
+        self._cache = cache
+        self._lock = threading.Lock()
+        self._fds: tuple[int, int] | None = None
+        self._users = 0
+        self.last_used = 0.0
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[tuple[int, int]]:
+        """(data fd, index fd), never closed while a ``use()`` is open."""
+        with self._lock:
+            opened = self._fds is None
+            if self._fds is None:
+                data_fd = os.open(self._paths[0], os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    index_fd = os.open(self._paths[1], os.O_RDWR | os.O_CREAT, 0o600)
+                except BaseException:
+                    os.close(data_fd)
+                    raise
+                self._fds = (data_fd, index_fd)
+            self._users += 1
+            fds = self._fds
+        try:
+            self._cache.used(self, opened)
+            yield fds
+        finally:
+            with self._lock:
+                self._users -= 1
+                self.last_used = time.monotonic()
+
+    @property
+    def closed(self) -> bool:
+        return self._fds is None
+
+    def close_if_idle(self, force: bool = False) -> bool:
+        """Close the descriptors unless in use (``force``: wait for the lock); True if closed.
+
+        Never waits for a busy stream's lock unless forced, so that closing others from
+        ``use()`` cannot deadlock with a thread using them.
+        """
+        if not self._lock.acquire(blocking=force):
+            return False
+        try:
+            if self._fds is None or self._users:
+                return False
+            for descriptor in self._fds:
+                os.close(descriptor)
+            self._fds = None
+            return True
+        finally:
+            self._lock.release()
+
+
+class FileCache:
+    """The streams whose files are open, least recently used first, at most ``limit`` idle."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"the limit of streams with open files must be >= 1, not {limit}")
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._open: OrderedDict[StreamFiles, None] = OrderedDict()
+
+    def used(self, files: StreamFiles, opened: bool) -> None:
+        with self._lock:
+            self._open[files] = None
+            self._open.move_to_end(files)
+            if not opened or len(self._open) <= self.limit:
+                return
+            oldest = list(self._open)[: len(self._open) - self.limit]
+        for old in oldest:
+            if old is not files and old.close_if_idle():
+                self._closed(old)
+
+    def close_idle(self, idle_seconds: float) -> None:
+        """Close the files of streams unused for ``idle_seconds`` (from the catalog sync)."""
+        horizon = time.monotonic() - idle_seconds
+        with self._lock:
+            stale = [files for files in self._open if files.last_used < horizon]
+        for files in stale:
+            if files.close_if_idle():
+                self._closed(files)
+
+    def _closed(self, files: StreamFiles) -> None:
+        with self._lock:
+            if files.closed:  # not reopened by another thread meanwhile (it re-added itself)
+                self._open.pop(files, None)
+
+    def forget(self, files: StreamFiles) -> None:
+        files.close_if_idle(force=True)
+        with self._lock:
+            self._open.pop(files, None)
+
+    @property
+    def open_count(self) -> int:
+        return len(self._open)
+
+
 class StreamWriter:
     """Appends to one data stream. Mutated only from the event loop; disk work runs in
     ``executor``. Each commit is made visible to ``reader`` once its index is fsynced."""
@@ -131,6 +252,7 @@ class StreamWriter:
         executor: ThreadPoolExecutor,
         dedup_retention: float,
         max_pending_bytes: int,
+        files: FileCache,
     ) -> None:
         self.path = path
         self.name = os.path.basename(path)
@@ -141,13 +263,13 @@ class StreamWriter:
         self._executor = executor
         self._dedup_retention = dedup_retention
         self._max_pending_bytes = max_pending_bytes
-        self._data_fd = os.open(os.path.join(path, "data"), os.O_RDWR | os.O_CREAT, 0o640)
-        self._index_fd = os.open(os.path.join(path, "index"), os.O_RDWR | os.O_CREAT, 0o640)
+        self._file_cache = files
+        self._files = StreamFiles(path, files)
         # What is committed: only this writer adds to it, its reader only reads it.
         self._committed = CommittedChunks()
         self.stats = self._committed.stats
         self.reader = StreamReader(
-            self.name, self.kind, self.policy, self._data_fd, self._committed
+            self.name, self.kind, self.policy, self._files.use, self._committed
         )
         # Keys of the chunks committed within the retention window: (commit time, chunk number).
         self._dedup: dict[bytes, tuple[float, int]] = {}
@@ -165,14 +287,19 @@ class StreamWriter:
 
     def _recover(self) -> None:
         """Load the index, drop a torn tail of index or data, and rebuild the dedup table."""
-        index_size = os.fstat(self._index_fd).st_size
-        data_size = os.fstat(self._data_fd).st_size
+        with self._files.use() as (data_fd, index_fd):
+            self._recover_files(data_fd, index_fd)
+        self.prune_dedup()
+
+    def _recover_files(self, data_fd: int, index_fd: int) -> None:
+        index_size = os.fstat(index_fd).st_size
+        data_size = os.fstat(data_fd).st_size
         horizon = time.time() - self._dedup_retention
         valid = 0
         piece_size = _RECORD.size * 65536  # read the index in 5 MiB pieces, not whole
         complete = index_size - index_size % _RECORD.size
         while valid < complete:
-            piece = os.pread(self._index_fd, min(piece_size, complete - valid), valid)
+            piece = os.pread(index_fd, min(piece_size, complete - valid), valid)
             good = self._load_records(piece, data_size, horizon)
             valid += good
             if good < len(piece) or not piece:
@@ -186,12 +313,11 @@ class StreamWriter:
                 index_size - valid,
                 data_size - committed_size,
             )
-            os.ftruncate(self._index_fd, valid)
-            os.ftruncate(self._data_fd, committed_size)
-            os.fsync(self._index_fd)
-            os.fsync(self._data_fd)
+            os.ftruncate(index_fd, valid)
+            os.ftruncate(data_fd, committed_size)
+            os.fsync(index_fd)
+            os.fsync(data_fd)
         self._index_size = valid
-        self.prune_dedup()
 
     def _load_records(self, piece: bytes, data_size: int, horizon: float) -> int:
         """Remember the valid records at the start of ``piece``; how many bytes they span."""
@@ -212,8 +338,7 @@ class StreamWriter:
         return len(piece)
 
     def close(self) -> None:
-        os.close(self._data_fd)
-        os.close(self._index_fd)
+        self._file_cache.forget(self._files)
 
     # -- appending ----------------------------------------------------------------------------
 
@@ -373,14 +498,17 @@ class StreamWriter:
         written past the end.
         """
         start = self.stats.size + raw_length
-        self._flush_data([item.data for item in batch], start)
-        kept = [item for item in batch if _passes_check(item)]
-        if len(kept) < len(batch):
-            # A refused chunk lies among the flushed bytes: write the others again without it.
-            self._flush_data([item.data for item in kept], start, cut=True)
-        return kept, (self._write_index(kept, start) if kept else [])
+        with self._files.use() as (data_fd, index_fd):
+            self._flush_data(data_fd, [item.data for item in batch], start)
+            kept = [item for item in batch if _passes_check(item)]
+            if len(kept) < len(batch):
+                # A refused chunk lies among the flushed bytes: write the others again without.
+                self._flush_data(data_fd, [item.data for item in kept], start, cut=True)
+            return kept, (self._write_index(data_fd, index_fd, kept, start) if kept else [])
 
-    def _flush_data(self, pieces: list[bytes], offset: int, cut: bool = False) -> None:
+    def _flush_data(
+        self, data_fd: int, pieces: list[bytes], offset: int, cut: bool = False
+    ) -> None:
         """Write ``pieces`` at ``offset`` and fsync the data file (``cut``: end it there).
 
         Bytes past the committed end are invisible until indexed; on failure they are cut
@@ -389,15 +517,17 @@ class StreamWriter:
         try:
             data = b"".join(pieces)  # in the thread: a batch's copy stays off the event loop
             if cut:
-                os.ftruncate(self._data_fd, offset + len(data))
-            _pwrite_all(self._data_fd, data, offset)
-            os.fdatasync(self._data_fd)
+                os.ftruncate(data_fd, offset + len(data))
+            _pwrite_all(data_fd, data, offset)
+            os.fdatasync(data_fd)
         except BaseException:
             with contextlib.suppress(OSError):
-                os.ftruncate(self._data_fd, self.stats.size)
+                os.ftruncate(data_fd, self.stats.size)
             raise
 
-    def _write_index(self, items: list[_Pending], start: int) -> list[_Record]:
+    def _write_index(
+        self, data_fd: int, index_fd: int, items: list[_Pending], start: int
+    ) -> list[_Record]:
         """Index ``items``, whose bytes are durable from ``start`` on: the commit point."""
         index_start = self._index_size
         now = time.time()
@@ -413,12 +543,12 @@ class StreamWriter:
             _pack_record(*record, item.key) for item, record in zip(items, records, strict=True)
         )
         try:
-            _pwrite_all(self._index_fd, index, index_start)
-            os.fdatasync(self._index_fd)
+            _pwrite_all(index_fd, index, index_start)
+            os.fdatasync(index_fd)
         except BaseException:
             with contextlib.suppress(OSError):
-                os.ftruncate(self._index_fd, index_start)
-                os.ftruncate(self._data_fd, self.stats.size)
+                os.ftruncate(index_fd, index_start)
+                os.ftruncate(data_fd, self.stats.size)
             raise
         self._index_size = index_start + len(index)
         return records
@@ -435,28 +565,32 @@ class StreamWriter:
             raise StreamUnavailable("shutting down", retry_after=10)
         loop = asyncio.get_running_loop()
         async with self._write_lock:
-            start = self.stats.size
-            offset = start
-            try:
-                async for piece in pieces:
-                    await loop.run_in_executor(
-                        self._executor, _pwrite_all, self._data_fd, piece, offset
-                    )
-                    offset += len(piece)
-                empty = Chunk(b"", 0, math.nan, math.nan)
-                marker = _Pending(b"", NO_KEY, loop.create_future(), chunk=empty)
-                _, records = await loop.run_in_executor(
-                    self._executor, self._write_batch, [marker], offset - start
-                )
-            except BaseException as error:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(self._data_fd, start)
-                if isinstance(error, OSError) and error.errno in _TRANSIENT_ERRNOS:
-                    reason = f"storage unavailable: {os.strerror(error.errno)}"
-                    raise StreamUnavailable(reason, 10) from error
-                raise
-            self._committed.add(*records[0])
-            return offset - start
+            with self._files.use() as (data_fd, _):
+                return await self._append_raw(loop, data_fd, pieces)
+
+    async def _append_raw(
+        self, loop: asyncio.AbstractEventLoop, data_fd: int, pieces: AsyncIterator[bytes]
+    ) -> int:
+        start = self.stats.size
+        offset = start
+        try:
+            async for piece in pieces:
+                await loop.run_in_executor(self._executor, _pwrite_all, data_fd, piece, offset)
+                offset += len(piece)
+            empty = Chunk(b"", 0, math.nan, math.nan)
+            marker = _Pending(b"", NO_KEY, loop.create_future(), chunk=empty)
+            _, records = await loop.run_in_executor(
+                self._executor, self._write_batch, [marker], offset - start
+            )
+        except BaseException as error:
+            with contextlib.suppress(OSError):
+                os.ftruncate(data_fd, start)
+            if isinstance(error, OSError) and error.errno in _TRANSIENT_ERRNOS:
+                reason = f"storage unavailable: {os.strerror(error.errno)}"
+                raise StreamUnavailable(reason, 10) from error
+            raise
+        self._committed.add(*records[0])
+        return offset - start
 
     async def drain(self) -> None:
         """Wait until every queued append is committed or failed."""
@@ -530,6 +664,10 @@ class StoreWriter(ABC):
     def start_closing(self) -> None:
         """Refuse new appends (StreamUnavailable); queued ones still commit."""
 
+    @abstractmethod
+    def count_of(self, policy: str) -> int:
+        """How many streams ``policy`` owns (for its limit on new streams)."""
+
 
 class StreamStore(StoreReader, StoreWriter):
     """All streams under ``root/streams``, one directory each; opening a stream recovers it
@@ -540,8 +678,10 @@ class StreamStore(StoreReader, StoreWriter):
         root: str,
         dedup_retention: float = 7 * 24 * 3600,
         max_pending_bytes: int = 256 << 20,
+        max_open_streams: int = 256,
     ) -> None:
         self.directory = os.path.join(root, "streams")
+        self.files = FileCache(max_open_streams)
         os.makedirs(self.directory, exist_ok=True)
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="stream-commit")
         self._dedup_retention = dedup_retention
@@ -557,6 +697,7 @@ class StreamStore(StoreReader, StoreWriter):
             self._executor,
             self._dedup_retention,
             self._max_pending_bytes,
+            self.files,
         )
 
     # -- StoreReader ----------------------------------------------------------------------------
@@ -579,6 +720,15 @@ class StreamStore(StoreReader, StoreWriter):
         if stream is not None:
             return stream
         check_stream_name(name)
+        try:
+            return self._create(name, policy, kind)
+        except OSError as error:
+            if error.errno in _TRANSIENT_ERRNOS:
+                reason = f"cannot create stream {name}: {os.strerror(error.errno)}"
+                raise StreamUnavailable(reason, 10) from error
+            raise
+
+    def _create(self, name: str, policy: str, kind: str) -> StreamWriter:
         path = os.path.join(self.directory, name)
         os.makedirs(path, exist_ok=True)
         meta_path = os.path.join(path, "meta.json")
@@ -597,12 +747,16 @@ class StreamStore(StoreReader, StoreWriter):
         for stream in self._streams.values():
             stream.closing = True
 
+    def count_of(self, policy: str) -> int:
+        return sum(1 for stream in self._streams.values() if stream.policy == policy)
+
     # -- the service's own ----------------------------------------------------------------------
 
     def prune_dedup(self) -> None:
         """Forget expired dedup keys of every stream (see StreamWriter.prune_dedup)."""
         for stream in self._streams.values():
             stream.prune_dedup()
+        self.files.close_idle(IDLE_FILES_SECONDS)
 
     async def close(self) -> None:
         self.start_closing()

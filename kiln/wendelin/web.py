@@ -15,7 +15,7 @@ from aiohttp import web
 from kiln.wendelin import chunks, plot
 from kiln.wendelin.api import describe, to_json_entry
 from kiln.wendelin.httputil import readable_stream, require_account, service_of
-from kiln.wendelin.stream_reader import RAW
+from kiln.wendelin.stream_reader import RAW, StreamReader
 
 LATEST_ENTRIES = 50
 _STYLE = """
@@ -139,21 +139,9 @@ async def stream_page(request: web.Request) -> web.Response:
     if stream.kind == RAW:
         body += "<p class=muted>A raw byte stream: read it by byte range.</p>"
     else:
-        data, _ = stream.scan_entries(max(stream.stats.entries - LATEST_ENTRIES, 0))
-        entries = [to_json_entry(entry) for entry in chunks.iter_entries(data)]
-        first_number = stream.stats.entries - len(entries)
-        rows = "".join(
-            f"<tr><td class=n>{first_number + number}</td><td>{_when(seconds)}</td>"
-            f"<td><pre>{html.escape(json.dumps(record, ensure_ascii=False))}</pre></td></tr>"
-            for number, (seconds, record) in reversed(list(enumerate(entries)))
-        )
-        chart = plot.svg(plot.numeric_series(entries))
-        if chart:
-            body += f"<h2>Recent values</h2>{chart}"
-        body += (
-            f"<h2>Latest entries</h2><table><tr><th>#</th><th>time</th><th>record</th></tr>"
-            f"{rows or '<tr><td colspan=3 class=muted>empty</td></tr>'}</table>"
-        )
+        # Records can be large: read, convert and plot them off the event loop.
+        service = service_of(request)
+        body += await service.off_loop(service.conversions, _latest_entries, stream)
     if account.may_write(stream):
         if stream.kind == RAW:
             body += (
@@ -169,6 +157,45 @@ async def stream_page(request: web.Request) -> web.Response:
                 "</form>"
             )
     return _page(f"Stream {stream.name}", body)
+
+
+def _latest_entries(stream: StreamReader) -> str:
+    """The plot and table of a stream's latest entries (runs in a worker thread)."""
+    data, _ = stream.scan_entries(max(stream.stats.entries - LATEST_ENTRIES, 0))
+    entries = [to_json_entry(entry) for entry in chunks.iter_entries(data)]
+    first_number = stream.stats.entries - len(entries)
+    rows = "".join(
+        f"<tr><td class=n>{first_number + number}</td><td>{_when(seconds)}</td>"
+        f"<td><pre>{html.escape(json.dumps(record, ensure_ascii=False))}</pre></td></tr>"
+        for number, (seconds, record) in reversed(list(enumerate(entries)))
+    )
+    chart = plot.svg(plot.numeric_series(entries))
+    return (f"<h2>Recent values</h2>{chart}" if chart else "") + (
+        f"<h2>Latest entries</h2><table><tr><th>#</th><th>time</th><th>record</th></tr>"
+        f"{rows or '<tr><td colspan=3 class=muted>empty</td></tr>'}</table>"
+    )
+
+
+# Every HTML page: no script at all, styles inline only, images from here or data: (none
+# today), forms post here only, never framed; and no Referer with stream names elsewhere.
+HTML_SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """On every response (``on_response_prepare``, so aiohttp's own errors too): nosniff, a
+    plain ``Server`` name instead of aiohttp's version banner, and for HTML pages the policy
+    above."""
+    response.headers["Server"] = "wendelin"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    if response.content_type == "text/html":
+        response.headers.update(HTML_SECURITY_HEADERS)
 
 
 def add_routes(app: web.Application) -> None:

@@ -13,10 +13,12 @@ from multidict import MultiDictProxy
 
 from kiln.wendelin import chunks, eventtime
 from kiln.wendelin.httputil import (
+    SAME,
     Failure,
     at_most,
     decoding,
     error,
+    origin_of,
     require_account,
     service_of,
     writable_stream,
@@ -27,12 +29,17 @@ from kiln.wendelin.stream_reader import RAW
 
 
 def _sender(request: web.Request) -> Account:
-    """Who posts the form, if it comes from a page of this site (403 otherwise)."""
-    account = require_account(request)
-    origin = request.headers.get("Origin")
-    if not (origin is None or origin == "null" or origin.split("://", 1)[-1] == request.host):
-        raise Failure(error(403, "form posted from another site"))
-    return account
+    """Who posts the form, if a browser says it comes from a page of this site (403 if not).
+
+    Cross-site posts are refused for every route by ``httputil.same_origin``; a form also
+    needs the browser's word that it is same-origin, since only a browser posts it and
+    every current browser sends ``Origin`` or ``Sec-Fetch-Site`` with a form post.
+    """
+    if origin_of(request) != SAME:
+        raise Failure(
+            error(403, "a form must be posted from this site's pages (no same-origin Origin)")
+        )
+    return require_account(request)
 
 
 async def append_form(request: web.Request) -> web.StreamResponse:
@@ -43,16 +50,18 @@ async def append_form(request: web.Request) -> web.StreamResponse:
         pieces = at_most(service.limits.max_upload_bytes, _pieces(part))
         await service.router.emit_raw(policy, stream.name, pieces)
     else:
-        await service.router.emit(policy, stream.name, _entry_of(await request.post()))
+        await service.router.emit(
+            policy, stream.name, _entry_of(await request.post(), service.limits.max_record_depth)
+        )
     raise web.HTTPSeeOther(f"/streams/{stream.name}")
 
 
-def _entry_of(form: MultiDictProxy) -> chunks.Chunk:
+def _entry_of(form: MultiDictProxy, max_depth: int) -> chunks.Chunk:
     """The form's JSON record as one entry, timestamped now."""
     with decoding("nothing appended"):
         record = json.loads(str(form.get("record", "")))
         if isinstance(record, dict):
-            return chunks.pack_entries([[eventtime.pack(time.time()), record]])
+            return chunks.pack_entries([[eventtime.pack(time.time()), record]], max_depth)
     raise Malformed("the record must be a JSON object")
 
 

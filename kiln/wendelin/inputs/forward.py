@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import msgpack
 
+from kiln.common.connection_limits import ConnectionCap
+from kiln.common.limits import BoundedExecutor, Busy
 from kiln.wendelin import chunks, compression
 from kiln.wendelin.inputs.forward_handshake import authenticate, shared_key_digest
 from kiln.wendelin.policies import Policy, PolicyRegistry
@@ -29,6 +31,12 @@ log = logging.getLogger(__name__)
 
 class ProtocolError(ValueError):
     """The peer broke the protocol; its connection is closed."""
+
+
+_DECOMPRESSORS: dict[object, "compression.Decompress"] = {
+    "gzip": compression.gunzip,
+    "zstd": compression.unzstd,
+}
 
 
 @dataclass(slots=True)
@@ -76,12 +84,23 @@ class ForwardServer:
         max_message_bytes: int = 64 << 20,
         max_in_flight: int = 256,
         hostname: str | None = None,
-        handshake_timeout: float = 30.0,
+        handshake_timeout: float = 10.0,
+        max_handshake_bytes: int = 64 << 10,
+        max_members: int = compression.DEFAULT_MAX_MEMBERS,
+        max_record_depth: int = chunks.DEFAULT_MAX_DEPTH,
+        max_connections: int = 512,
+        decompressions: BoundedExecutor | None = None,
     ) -> None:
         self.router = router
         self.policies = policies
         self.max_message_bytes = max_message_bytes
         self.max_in_flight = max_in_flight
+        self.max_handshake_bytes = max_handshake_bytes
+        self.max_members = max_members
+        self.max_record_depth = max_record_depth
+        self.connections = ConnectionCap("forward", max_connections)
+        # Decompression is CPU work: in a bounded pool, never on the event loop.
+        self.decompressions = decompressions or BoundedExecutor("decompress", 1, 16)
         # out_forward refuses a PONG carrying its own self_hostname, and a fluentd on this
         # machine usually calls itself by the machine's name: so ours is never just that.
         self.hostname = hostname or f"wendelin@{socket.gethostname()}"
@@ -97,6 +116,9 @@ class ForwardServer:
         )
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.connections.admit():  # logged by the cap
+            writer.transport.abort()
+            return
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
@@ -123,7 +145,7 @@ class ForwardServer:
         except Refusal as refusal:
             connection.refused(refusal)
         except TimeoutError:  # before OSError, of which it is a subclass
-            outcome = "closed: no handshake in time"
+            outcome = f"closed: no handshake within {self.handshake_timeout} s of connecting"
         except (OSError, asyncio.IncompleteReadError) as error:  # includes TLS errors
             outcome = f"connection lost: {error}"
         finally:
@@ -131,6 +153,7 @@ class ForwardServer:
                 await asyncio.gather(*in_flight, return_exceptions=True)
             writer.close()
             self._connections.discard(task)
+            self.connections.release()
             outcome = connection.outcome(outcome)
             if connection.messages or not outcome.startswith("closed by peer"):
                 log.log(
@@ -152,18 +175,15 @@ class ForwardServer:
         connection: _Connection,
         in_flight: set[asyncio.Task[None]],
     ) -> None:
-        # Strings decode with surrogateescape so that a record re-packs byte for byte (str stays
-        # str, bin stays bin), and a str32 PackedForward blob turns back into its exact bytes.
-        unpacker = msgpack.Unpacker(
-            raw=False,
-            unicode_errors="surrogateescape",
-            strict_map_key=False,
-            max_buffer_size=self.max_message_bytes,
-        )
+        unpacker = self._unpacker(authenticated=False)
         slots = asyncio.Semaphore(self.max_in_flight)
+        # Absolute, from the connection on: reads do not extend it, so a client trickling
+        # bytes cannot hold an unauthenticated connection open.
+        handshake_deadline = asyncio.get_running_loop().time() + self.handshake_timeout
         while True:
-            if connection.policy is None and not connection.anonymous:
-                data = await asyncio.wait_for(reader.read(1 << 18), self.handshake_timeout)
+            if not self._past_handshake(connection):
+                async with asyncio.timeout_at(handshake_deadline):
+                    data = await reader.read(1 << 18)
             else:
                 data = await reader.read(1 << 18)
             if not data:
@@ -171,18 +191,66 @@ class ForwardServer:
             try:
                 unpacker.feed(data)
             except msgpack.BufferFull:
-                raise ProtocolError(
-                    f"message larger than the limit of {self.max_message_bytes} bytes"
-                ) from None
+                raise ProtocolError(self._too_large(connection)) from None
             try:
-                for message in unpacker:
-                    if message is None:
-                        continue  # heartbeat
-                    await self._handle(message, writer, connection, in_flight, slots)
+                while True:
+                    for message in unpacker:
+                        if message is None:
+                            continue  # heartbeat
+                        was_past = self._past_handshake(connection)
+                        await self._handle(message, writer, connection, in_flight, slots)
+                        if not was_past and self._past_handshake(connection):
+                            # Authenticated: the rest is read with the full limits.
+                            rest = unpacker.read_bytes(self.max_message_bytes)
+                            unpacker = self._unpacker(authenticated=True)
+                            unpacker.feed(rest)
+                            break
+                    else:
+                        break
             except (ValueError, msgpack.UnpackException) as error:
                 if isinstance(error, ProtocolError | Refusal):
                     raise
                 raise ProtocolError(f"malformed message: {error}") from None
+
+    @staticmethod
+    def _past_handshake(connection: _Connection) -> bool:
+        return connection.policy is not None or connection.anonymous
+
+    def _too_large(self, connection: _Connection) -> str:
+        if self._past_handshake(connection):
+            return f"message larger than the limit of {self.max_message_bytes} bytes"
+        return (
+            f"more than {self.max_handshake_bytes} bytes before the handshake "
+            "(send PING first; kiln wendelin serve --max-handshake-kib)"
+        )
+
+    def _unpacker(self, authenticated: bool) -> msgpack.Unpacker:
+        """A reader of messages; before the handshake a small one.
+
+        An unauthenticated peer gets a buffer the size of a PING and small structures: a
+        64 MiB message, or a list of millions of empty maps, held before the PING was even
+        checked, let anyone take the server's memory. With an anonymous-forward policy the
+        first message is data, so the full limits apply from the start (that mode is for
+        127.0.0.1 only).
+        """
+        # Strings decode with surrogateescape so that a record re-packs byte for byte (str stays
+        # str, bin stays bin), and a str32 PackedForward blob turns back into its exact bytes.
+        options: dict[str, int] = {"max_buffer_size": self.max_message_bytes}
+        if not authenticated and not any(
+            policy.record.anonymous_forward for policy in self.policies.all()
+        ):
+            small = self.max_handshake_bytes
+            options = {
+                "max_buffer_size": small,
+                "max_str_len": small,
+                "max_bin_len": small,
+                "max_array_len": 16,
+                "max_map_len": 16,
+                "max_ext_len": small,
+            }
+        return msgpack.Unpacker(
+            raw=False, unicode_errors="surrogateescape", strict_map_key=False, **options
+        )
 
     async def _handle(
         self,
@@ -203,7 +271,7 @@ class ForwardServer:
         if connection.policy is None:
             connection.policy = self._anonymous_policy(tag)
             connection.anonymous = True
-        chunk, option = self._decode(message)
+        chunk, option = await self._decode(message)
         connection.messages += 1
         connection.entries += chunk.count
         chunk_id = option.get("chunk") if option else None
@@ -238,31 +306,46 @@ class ForwardServer:
             writer.write(self._packer.pack({"ack": chunk_id}))
             connection.acks += 1
 
-    def _decode(self, message: list) -> tuple[chunks.Chunk, dict | None]:
+    async def _decode(self, message: list) -> tuple[chunks.Chunk, dict | None]:
         """The entries of a message in any of the four modes, validated, and its options."""
         second = message[1]
+        depth = self.max_record_depth
         try:
             if isinstance(second, list):  # Forward
                 option = self._option(message, 3)
-                return chunks.pack_entries(second), option
+                return chunks.pack_entries(second, depth), option
             if isinstance(second, str | bytes):  # PackedForward, maybe compressed
                 option = self._option(message, 3)
                 blob = _as_bytes(second)
                 compressed = option.get("compressed", "text") if option else "text"
-                if compressed == "gzip":
-                    blob = compression.gunzip(blob, self.max_message_bytes)
-                elif compressed == "zstd":
-                    blob = compression.unzstd(blob, self.max_message_bytes)
-                elif compressed != "text":
+                decompress = _DECOMPRESSORS.get(compressed)
+                if decompress is not None:
+                    return await self._decompressed(decompress, blob), option
+                if compressed != "text":
                     raise ProtocolError(f"unknown compression {compressed!r}")
-                return chunks.parse_entries(blob), option
+                return chunks.parse_entries(blob, depth), option
             # Message: [tag, time, record, option?]
             option = self._option(message, 4)
             if len(message) < 3:
                 raise ProtocolError("a Message-mode message is [tag, time, record, option?]")
-            return chunks.pack_entries([[second, message[2]]]), option
+            return chunks.pack_entries([[second, message[2]]], depth), option
         except (chunks.ChunkError, compression.DecompressionError) as error:
             raise ProtocolError(str(error)) from None
+
+    async def _decompressed(
+        self, decompress: "compression.Decompress", blob: bytes
+    ) -> chunks.Chunk:
+        """Decompress and check in the decompression pool; Unavailable when it is full
+        (the connection is closed without ack, and the client resends later)."""
+
+        def work() -> chunks.Chunk:
+            data = decompress(blob, self.max_message_bytes, self.max_members)
+            return chunks.parse_entries(data, self.max_record_depth)
+
+        try:
+            return await self.decompressions.run(work)
+        except Busy as full:
+            raise Unavailable(f"overloaded, {full}", retry_after=2) from None
 
     @staticmethod
     def _option(message: list, option_position: int) -> dict | None:
@@ -291,6 +374,8 @@ class ForwardServer:
         _, hostname, salt, digest, username, password_digest = (
             _as_bytes(part) if index else part for index, part in enumerate(message)
         )
+        if not digest.isascii():  # a hex digest; compare_digest takes ASCII text only
+            raise ProtocolError("PING's shared key digest must be hexadecimal text")
         policy, reason = authenticate(
             self.policies.all(),
             connection.nonce,

@@ -7,6 +7,7 @@ work. Unlike Wendelin, a byte-identical resend is not appended twice, timestamps
 a tag the policy does not take is refused (403) instead of dropped with a 200.
 """
 
+import functools
 import hashlib
 import json
 import time
@@ -16,40 +17,63 @@ import msgpack
 from aiohttp import web
 
 from kiln.wendelin import chunks, eventtime
-from kiln.wendelin.httputil import decoding, error, read_body, service_of, unauthorized
+from kiln.wendelin.httputil import (
+    decoding,
+    error,
+    read_body,
+    require_content_type,
+    service_of,
+    unauthorized,
+)
 from kiln.wendelin.policies import Policy
 from kiln.wendelin.refusals import Malformed
 from kiln.wendelin.router import Router
 
 FORM = "application/x-www-form-urlencoded"
+MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack")
+NDJSON_TYPES = ("application/x-ndjson", "application/jsonl")
+# fluent-plugin-wendelin sends no Content-Type, which Ruby's Net::HTTP labels a form; older
+# versions and embulk send real forms (data_chunk=); curl --data-binary sends a form too.
+# ndjson is listed for out_http pointed at this URL (its chunk check names the problem).
+CHUNK_TYPES = (FORM, "application/octet-stream", *MSGPACK_TYPES, *NDJSON_TYPES)
+# fluentd's out_http: json, ndjson, msgpack; in_http-style forms (json= or msgpack=).
+RECORD_TYPES = ("application/json", *NDJSON_TYPES, *MSGPACK_TYPES, FORM)
 
 
 async def fluentd_ingest(request: web.Request) -> web.StreamResponse:
     service = service_of(request)
     service.router.refuse_if_closing()
-    policy = service.policies.get(request.match_info["policy"])
-    if policy is None:
-        return error(404, f"no ingestion policy named {request.match_info['policy']!r}")
+    name = request.match_info["policy"]
     account = service.authenticate(request)
-    if account is None or account.policy is None or account.policy.name != policy.name:
-        return unauthorized(f"wrong or missing credentials for policy {policy.name}")
+    # One answer for an unknown policy and for one the credentials are not for: which
+    # policies exist is not told to whoever asks.
+    if account is None or account.policy is None or account.policy.name != name:
+        return unauthorized(
+            f"wrong or missing credentials for policy {name!r} (or no such policy): "
+            "send that policy's HTTP user and password"
+        )
+    policy = account.policy
     tag = request.query.get("reference")
     if not tag:
         return error(400, "missing ?reference=<tag>")
+    require_content_type(request, CHUNK_TYPES)
     body = await read_body(request, service.limits.max_chunk_bytes)
-    if request.content_type in RECORD_TYPES:
-        return await _ingest_records(service.router, policy, tag, body, request.content_type)
+    depth = service.limits.max_record_depth
+    if request.content_type in OUT_HTTP_TYPES:
+        return await _ingest_records(service.router, policy, tag, body, request.content_type, depth)
     data = _data_of_form(body) if _is_form(body) else body
-    return _stored(await service.router.emit_unparsed(policy, tag, data, _entries_of_chunk))
+    parse = functools.partial(_entries_of_chunk, max_depth=depth)
+    return _stored(await service.router.emit_unparsed(policy, tag, data, parse))
 
 
-# What fluentd's out_http sends (<format> json: ndjson; msgpack: records in a row), as
-# opposed to fluent-plugin-wendelin's raw chunk of [time, record] entries (octet-stream).
-RECORD_TYPES = ("application/x-ndjson", "application/jsonl", "application/x-msgpack")
+# What fluentd's out_http sends to a policy's ingest URL (<format> json: ndjson; msgpack:
+# records in a row), as opposed to fluent-plugin-wendelin's raw chunk of [time, record]
+# entries (no Content-Type, or octet-stream).
+OUT_HTTP_TYPES = (*NDJSON_TYPES, "application/x-msgpack")
 
 
 async def _ingest_records(
-    router: Router, policy: Policy, tag: str, body: bytes, content_type: str
+    router: Router, policy: Policy, tag: str, body: bytes, content_type: str, max_depth: int
 ) -> web.Response:
     """out_http pointed at a policy's ingest URL: records stamped with their arrival time.
 
@@ -59,7 +83,7 @@ async def _ingest_records(
     with decoding():
         records = _decode_records(body, content_type)
         stamp = eventtime.pack(time.time())
-        chunk = chunks.pack_entries([[stamp, record] for record in records])
+        chunk = chunks.pack_entries([[stamp, record] for record in records], max_depth)
     chunk_id = hashlib.sha256(b"http-records\0" + tag.encode() + b"\0" + body).digest()
     return _stored(await router.emit(policy, tag, chunk, chunk_id))
 
@@ -72,10 +96,10 @@ def _data_of_form(body: bytes) -> bytes:
         raise Malformed(f"malformed form body, nothing appended: {problem}") from None
 
 
-def _entries_of_chunk(data: bytes) -> chunks.Chunk:
+def _entries_of_chunk(data: bytes, max_depth: int) -> chunks.Chunk:
     """The entries of a fluentd chunk; ChunkError names the problem."""
     try:
-        return chunks.parse_entries(data)
+        return chunks.parse_entries(data, max_depth)
     except chunks.ChunkError as problem:
         raise chunks.ChunkError(f"malformed chunk, nothing appended: {problem}") from None
 
@@ -116,12 +140,14 @@ async def tag_ingest(request: web.Request) -> web.StreamResponse:
     account = service.authenticate(request)
     if account is None or account.policy is None:
         return unauthorized("send with a policy's HTTP user and password")
+    require_content_type(request, RECORD_TYPES)
     body = await read_body(request, service.limits.max_chunk_bytes)
     with decoding():
         when = float(request.query["time"]) if "time" in request.query else time.time()
+        stamp = eventtime.pack(when)  # ValueError for inf, nan, negative or too late
         records = _decode_records(body, request.content_type)
-        stamp = eventtime.pack(when)
-        chunk = chunks.pack_entries([[stamp, record] for record in records])
+        depth = service.limits.max_record_depth
+        chunk = chunks.pack_entries([[stamp, record] for record in records], depth)
     tag = request.match_info["tag"]
     return _stored(await service.router.emit(account.policy, tag, chunk))
 
@@ -133,9 +159,9 @@ def _decode_records(body: bytes, content_type: str) -> list[object]:
         if b"msgpack=" in body:
             return _msgpack_records(form_field(body, "msgpack"))
         raise ValueError("form body needs a json= or msgpack= field")
-    if content_type in ("application/msgpack", "application/x-msgpack"):
+    if content_type in MSGPACK_TYPES:
         return _msgpack_records(body)
-    if content_type in ("application/x-ndjson", "application/jsonl"):
+    if content_type in NDJSON_TYPES:
         return [json.loads(line) for line in body.splitlines() if line.strip()]
     return _as_records(json.loads(body))
 

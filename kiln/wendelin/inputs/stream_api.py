@@ -17,13 +17,22 @@ from kiln.wendelin.httputil import (
     error,
     read_body,
     require_account,
+    require_content_type,
     service_of,
     writable_stream,
 )
 from kiln.wendelin.stream_reader import RAW
 
+ENTRY_TYPES = (
+    "application/json",
+    "application/x-ndjson",
+    "application/msgpack",
+    "application/x-msgpack",
+    "application/octet-stream",
+)
 
-def entries_from_body(body: bytes, content_type: str) -> chunks.Chunk:
+
+def entries_from_body(body: bytes, content_type: str, max_depth: int) -> chunks.Chunk:
     """msgpack ``[time, record]`` entries, or JSON ``{"time": t, "record": {...}}`` / a list."""
     if content_type in ("application/json", "application/x-ndjson"):
         items = [json.loads(line) for line in body.splitlines() if line.strip()]
@@ -33,9 +42,9 @@ def entries_from_body(body: bytes, content_type: str) -> chunks.Chunk:
         for item in items:
             if not isinstance(item, dict) or not isinstance(item.get("record"), dict):
                 raise chunks.ChunkError('each JSON entry must be {"time": t, "record": {...}}')
-            entries.append([eventtime.pack(float(item.get("time", 0))), item["record"]])
-        return chunks.pack_entries(entries)
-    return chunks.parse_entries(body)
+            entries.append([eventtime.pack(item.get("time", 0)), item["record"]])
+        return chunks.pack_entries(entries, max_depth)
+    return chunks.parse_entries(body, max_depth)
 
 
 async def append(request: web.Request) -> web.Response:
@@ -46,9 +55,10 @@ async def append(request: web.Request) -> web.Response:
         pieces = body_pieces(request, service.limits.max_upload_bytes)
         await service.router.emit_raw(policy, stream.name, pieces)
     else:
+        require_content_type(request, ENTRY_TYPES)
         body = await read_body(request, service.limits.max_chunk_bytes)
         with decoding():
-            chunk = entries_from_body(body, request.content_type)
+            chunk = entries_from_body(body, request.content_type, service.limits.max_record_depth)
         await service.router.emit(policy, stream.name, chunk)
     return web.json_response(describe(stream))
 
