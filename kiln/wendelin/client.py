@@ -1,6 +1,6 @@
 """Python client for the stream API: list streams, read bytes and entries in bounded pieces.
 
-    ctx = wendelin.client.connect("http://127.0.0.1:8080", user, password)
+    ctx = wendelin.client.connect("http://127.0.0.1:8420", user, password)
     stream = ctx.streams["sensor.t1"]
     for time, record in stream.entries(since=time.time() - 3600): ...
     with wave.open(ctx.streams["recording.wav"].open()) as audio: ...   # HTTP ranges only
