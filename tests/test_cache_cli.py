@@ -3,37 +3,15 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from kiln.testing.cache import RunningCache, start_cache_server
+from kiln.testing.cache import RunningCache
+from kiln.testing.cache import cache_command as kiln
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RunningCache]:
-    running = start_cache_server(tmp_path / "cache")
-    yield running
-    running.stop()
-
-
-def kiln(*args: str, cwd: Path, env: dict[str, str] | None = None, ok: bool = True):
-    result = subprocess.run(
-        [sys.executable, "-m", "kiln", "cache", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
-    if ok:
-        assert result.returncode == 0, result.stderr
-    return result
 
 
 def test_first_start_prints_url_and_where_its_generated_credential_is(

@@ -14,7 +14,6 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -68,13 +67,6 @@ class Flood(threading.Thread):
                         self.retry_after.add(response.headers["Retry-After"])
 
             await asyncio.gather(*(one() for _ in range(self.count)))
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RunningCache]:
-    running = start_cache_server(tmp_path / "cache")
-    yield running
-    running.stop()
 
 
 def test_wrong_passwords_do_not_slow_down_downloads_or_health(server: RunningCache) -> None:

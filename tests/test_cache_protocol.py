@@ -9,7 +9,6 @@ import json
 import socket
 import statistics
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -22,13 +21,6 @@ from kiln.shacache.users import CachedChecker, UserDatabase
 from kiln.testing.cache import RunningCache, start_cache_server
 
 EMPTY_SHA512 = hashlib.sha512(b"").hexdigest()
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RunningCache]:
-    running = start_cache_server(tmp_path / "cache")
-    yield running
-    running.stop()
 
 
 def basic(server: RunningCache) -> str:

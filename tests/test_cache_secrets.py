@@ -5,36 +5,13 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
 from kiln.testing.cache import RunningCache, start_cache_server
-
-
-def kiln(*args: str, cwd: Path, env: dict[str, str] | None = None, ok: bool = True):
-    result = subprocess.run(
-        [sys.executable, "-m", "kiln", "cache", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=60,
-    )
-    if ok:
-        assert result.returncode == 0, result.stderr
-    return result
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RunningCache]:
-    running = start_cache_server(tmp_path / "cache")
-    yield running
-    running.stop()
+from kiln.testing.cache import cache_command as kiln
 
 
 def mode(path: Path) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from kiln.common.addresses import CACHE_PORT, parse_host_port, redact
-from kiln.common.cli import fail, parse_pairs
+from kiln.common.cli import fail, limit_option, parse_pairs
 from kiln.common.durable import write_atomically
 from kiln.common.serving import ConnectionLimits
 from kiln.shacache.client import CacheClient, CacheError
@@ -115,48 +115,39 @@ def _split_listen(listen: str) -> tuple[str, int]:
 )
 # Unsigned entries are stored by default now: the old flag is accepted and changes nothing.
 @click.option("--allow-unsigned", is_flag=True, hidden=True)
-@click.option(
+@limit_option(
     "--header-timeout",
-    type=click.FloatRange(min=0.1),
-    default=_LIMITS.header_timeout,
-    show_default=True,
-    help="Seconds a client has to send a whole request head (and an idle keep-alive lasts);"
+    _LIMITS.header_timeout,
+    "Seconds a client has to send a whole request head (and an idle keep-alive lasts);"
     " slower clients are disconnected.",
+    minimum=0.1,
 )
-@click.option(
+@limit_option(
     "--max-connections",
-    type=click.IntRange(min=1),
-    default=_LIMITS.max_connections,
-    show_default=True,
-    help="Open connections at most; past it, new ones get 503 + Retry-After and are closed.",
+    _LIMITS.max_connections,
+    "Open connections at most; past it, new ones get 503 + Retry-After and are closed.",
 )
-@click.option(
+@limit_option(
     "--auth-workers",
-    type=click.IntRange(min=1),
-    default=DEFAULT_AUTH_POOL.workers,
-    show_default=True,
-    help="Threads that check passwords (scrypt, ~16 MiB each).",
+    DEFAULT_AUTH_POOL.workers,
+    "Threads that check passwords (scrypt, ~16 MiB each).",
 )
-@click.option(
+@limit_option(
     "--auth-queue",
-    type=click.IntRange(min=0),
-    default=DEFAULT_AUTH_POOL.queue,
-    show_default=True,
-    help="Password checks waiting at most; past it, requests get 503 + Retry-After.",
+    DEFAULT_AUTH_POOL.queue,
+    "Password checks waiting at most; past it, requests get 503 + Retry-After.",
+    minimum=0,
 )
-@click.option(
+@limit_option(
     "--dir-workers",
-    type=click.IntRange(min=1),
-    default=DEFAULT_DIR_POOL.workers,
-    show_default=True,
-    help="Threads that read and encode ShaDir entry lists.",
+    DEFAULT_DIR_POOL.workers,
+    "Threads that read and encode ShaDir entry lists.",
 )
-@click.option(
+@limit_option(
     "--dir-queue",
-    type=click.IntRange(min=0),
-    default=DEFAULT_DIR_POOL.queue,
-    show_default=True,
-    help="ShaDir reads waiting at most; past it, they get 503 + Retry-After.",
+    DEFAULT_DIR_POOL.queue,
+    "ShaDir reads waiting at most; past it, they get 503 + Retry-After.",
+    minimum=0,
 )
 @click.option("--private", is_flag=True, help="Require credentials for downloads too.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Serve HTTPS.")

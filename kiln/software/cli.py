@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from kiln.common.cli import fail, parse_pairs
+from kiln.common.cli import directory_option, fail, parse_pairs
 from kiln.shacache.config import CacheConfig, ConfigError, cache_option, parse_cache_config
 from kiln.software.build import (
     BuildError,
@@ -56,15 +56,13 @@ def software() -> None:
 
 @software.command("build")
 @click.argument("release")
-@click.option(
+@directory_option(
     "--software-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Where to build (default: ~/.kiln/software/NAME, or $KILN_HOME/software/NAME).",
+    "Where to build (default: ~/.kiln/software/NAME, or $KILN_HOME/software/NAME).",
 )
-@click.option(
+@directory_option(
     "--shared-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Where parts with `shared = true` are installed, once for every release of the "
+    "Where parts with `shared = true` are installed, once for every release of the "
     "machine (buildout:shared-part-list; default: ~/.kiln/shared, or $KILN_HOME/shared).",
 )
 @cache_option("url")
@@ -117,10 +115,9 @@ def build_command(
 
 @software.command("check")
 @click.argument("release")
-@click.option(
+@directory_option(
     "--software-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="The built release (default: where `kiln software build` puts it).",
+    "The built release (default: where `kiln software build` puts it).",
 )
 def check_command(release: str, software_dir: Path | None) -> None:
     """Check that every ELF file of a built RELEASE links sanely (as SlapOS checkSoftware).
@@ -229,15 +226,13 @@ def instance() -> None:
 
 @instance.command("up", epilog=parameters_help(repository_root() / "software"))
 @click.argument("release")
-@click.option(
+@directory_option(
     "--root",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Instance directory (default: ~/.kiln/instance/NAME).",
+    "Instance directory (default: ~/.kiln/instance/NAME).",
 )
-@click.option(
+@directory_option(
     "--software-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="The built release (default: where `kiln software build` puts it).",
+    "The built release (default: where `kiln software build` puts it).",
 )
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="Instance parameter.")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for health.")

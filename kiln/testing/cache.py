@@ -113,3 +113,20 @@ def start_cache_server(
     text = credential.read_text() if credential.exists() else ""
     match = re.search(r"^KILN_CACHE_PASSWORD=(\S+)$", text, re.MULTILINE)
     return RunningCache(root, url, "uploader", match[1] if match else "", process, log_path, args)
+
+
+def cache_command(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, ok: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run ``kiln cache ARGS`` as a user would, in ``cwd``; with ``ok``, it must succeed."""
+    result = subprocess.run(
+        [sys.executable, "-m", "kiln", "cache", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=60,
+    )
+    if ok:
+        assert result.returncode == 0, result.stderr
+    return result

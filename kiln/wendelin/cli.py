@@ -11,6 +11,7 @@ import sys
 import click
 
 from kiln.common.addresses import FORWARD_PORT, WENDELIN_HTTP_PORT, parse_host_port
+from kiln.common.cli import limit_option
 from kiln.wendelin.catalog import AlreadyExists, open_catalog
 from kiln.wendelin.policies import PolicyRegistry, hash_password
 from kiln.wendelin.service import Limits
@@ -79,97 +80,87 @@ def wendelin() -> None:
     help="PEM certificate: serve the forward protocol over TLS (fluentd <transport tls>).",
 )
 @click.option("--forward-tls-key", type=click.Path(dir_okay=False), help="PEM key for it.")
-@click.option(
+@limit_option(
     "--max-chunk-mib",
-    default=64,
-    show_default=True,
-    help="Largest HTTP chunk or forward message; larger ones get 413 or a closed connection.",
+    64,
+    "Largest HTTP chunk or forward message; larger ones get 413 or a closed connection.",
 )
-@click.option(
+@limit_option(
     "--max-queued-mib",
-    default=256,
-    show_default=True,
-    help="Memory for HTTP bodies being received, and again for data waiting for the disk; "
+    256,
+    "Memory for HTTP bodies being received, and again for data waiting for the disk; "
     "past either, new data gets 503 + Retry-After (overload) until it drains.",
 )
-@click.option(
+@limit_option(
     "--dedup-retention-hours",
-    default=168.0,
-    show_default=True,
-    help="How long a committed chunk is remembered, so its resend is not appended again.",
+    168.0,
+    "How long a committed chunk is remembered, so its resend is not appended again.",
+    minimum=0.1,
 )
-@click.option(
+@limit_option(
     "--max-connections",
-    default=_LIMITS.max_connections,
-    show_default=True,
-    help="Open HTTP connections at once; past it new ones are closed (logged).",
+    _LIMITS.max_connections,
+    "Open HTTP connections at once; past it new ones are closed (logged).",
 )
-@click.option(
+@limit_option(
     "--max-forward-connections",
-    default=_LIMITS.max_forward_connections,
-    show_default=True,
-    help="Open forward connections at once; past it new ones are closed (logged).",
+    _LIMITS.max_forward_connections,
+    "Open forward connections at once; past it new ones are closed (logged).",
 )
-@click.option(
+@limit_option(
     "--header-timeout",
-    default=_LIMITS.header_timeout,
-    show_default=True,
-    help="Seconds a new HTTP connection has to send its first request head (slowloris).",
+    _LIMITS.header_timeout,
+    "Seconds a new HTTP connection has to send its first request head (slowloris).",
+    minimum=0.1,
 )
-@click.option(
+@limit_option(
     "--handshake-timeout",
-    default=_LIMITS.handshake_timeout,
-    show_default=True,
-    help="Seconds from connecting to a completed forward handshake; reads do not extend it.",
+    _LIMITS.handshake_timeout,
+    "Seconds from connecting to a completed forward handshake; reads do not extend it.",
+    minimum=0.1,
 )
-@click.option(
+@limit_option(
     "--max-handshake-kib",
-    default=_LIMITS.max_handshake_bytes >> 10,
-    show_default=True,
-    help="Forward bytes accepted before the handshake (a PING is well under 1 KiB).",
+    _LIMITS.max_handshake_bytes >> 10,
+    "Forward bytes accepted before the handshake (a PING is well under 1 KiB).",
 )
-@click.option(
+@limit_option(
     "--max-compressed-members",
-    default=_LIMITS.max_members,
-    show_default=True,
-    help="gzip members or zstd frames in one forward message.",
+    _LIMITS.max_members,
+    "gzip members or zstd frames in one forward message.",
 )
-@click.option(
+@limit_option(
     "--max-streams-per-policy",
-    default=_LIMITS.max_streams_per_policy,
-    show_default=True,
-    help="Streams one policy may create; a new tag past it is refused (403).",
+    _LIMITS.max_streams_per_policy,
+    "Streams one policy may create; a new tag past it is refused (403).",
 )
-@click.option(
+@limit_option(
     "--max-open-streams",
-    default=_LIMITS.max_open_streams,
-    show_default=True,
-    help="Streams whose files stay open at once; idle ones are closed and reopened on use.",
+    _LIMITS.max_open_streams,
+    "Streams whose files stay open at once; idle ones are closed and reopened on use.",
 )
-@click.option(
+@limit_option(
     "--max-record-depth",
-    default=_LIMITS.max_record_depth,
-    show_default=True,
-    help="Levels of maps and arrays in a record; deeper records are refused (400).",
+    _LIMITS.max_record_depth,
+    "Levels of maps and arrays in a record; deeper records are refused (400).",
 )
-@click.option(
+@limit_option(
     "--max-page-entries",
-    default=_LIMITS.max_page_entries,
-    show_default=True,
-    help="Entries in one page of GET /api/streams/<name>/entries (more: X-Next-Start).",
+    _LIMITS.max_page_entries,
+    "Entries in one page of GET /api/streams/<name>/entries (more: X-Next-Start).",
 )
-@click.option(
+@limit_option(
     "--cpu-queue",
-    default=_LIMITS.cpu_queue,
-    show_default=True,
-    help="Jobs waiting per worker pool (decompression, large reads); past it: 503 + "
+    _LIMITS.cpu_queue,
+    "Jobs waiting per worker pool (decompression, large reads); past it: 503 + "
     "Retry-After, or a forward connection closed without ack.",
+    minimum=0,
 )
-@click.option(
+@limit_option(
     "--password-queue",
-    default=_LIMITS.password_queue,
-    show_default=True,
-    help="Password checks (scrypt, one at a time) waiting; past it: 503 + Retry-After.",
+    _LIMITS.password_queue,
+    "Password checks (scrypt, one at a time) waiting; past it: 503 + Retry-After.",
+    minimum=0,
 )
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def serve(
