@@ -18,6 +18,7 @@ GROUPS: dict[str, str] = {
     "wendelin": "kiln.wendelin.cli:wendelin",
     "software": "kiln.software.cli:software",
     "instance": "kiln.software.cli:instance",
+    "image": "kiln.images.cli:image",
 }
 
 
@@ -45,6 +46,7 @@ def main(verbose: int) -> None:
       kiln software   build releases through it               (kiln/software)
       kiln instance   run built releases under supervisor     (kiln/software)
       kiln wendelin   the data platform: ingest and streams   (kiln/wendelin)
+      kiln image      bake, boot-test and ship VM images      (kiln/images)
 
     Run `kiln GROUP --help` for details.
 
