@@ -187,6 +187,86 @@ def boot_command(image_path: Path, timeout: float, state_dir: Path | None) -> No
         click.echo("stopped")
 
 
+def _cache_client(cache_url: str, trust: tuple[str, ...], sign_with: Path | None, upload: bool):
+    from kiln.images.bake import CacheAccess
+    from kiln.software.build import read_trusted_keys
+
+    keys = read_trusted_keys(trust)
+    if not keys:
+        fail("--trust KEY is required: images signed by no trusted key are refused")
+    access = CacheAccess(cache_url, keys, sign_with)
+    if upload and not access.upload_url():
+        fail(
+            "push needs --sign-with KEY and upload credentials (URL or $KILN_CACHE_USER/_PASSWORD)"
+        )
+    client = access.client(upload=upload)
+    client.progress = True
+    return client
+
+
+cache_option = click.option(
+    "--cache", "cache_url", required=True, metavar="URL", help="Binary cache."
+)
+trust_option = click.option("--trust", multiple=True, metavar="KEY", help="Trusted key or .pub.")
+
+
+@image.command("push")
+@click.argument("image_path", metavar="IMAGE", type=click.Path(exists=True, path_type=Path))
+@click.option("--key", "name", required=True, metavar="NAME", help="Publish as kiln-image:NAME.")
+@cache_option
+@trust_option
+@click.option("--sign-with", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def push_command(image_path, name, cache_url, trust, sign_with) -> None:
+    """Upload IMAGE and its manifest to the cache as a signed entry kiln-image:NAME."""
+    from kiln.images.store import StoreError, push
+    from kiln.shacache.client import CacheError
+
+    client = _cache_client(cache_url, trust, sign_with, upload=True)
+    try:
+        metadata = push(client, image_path, name)
+    except (StoreError, CacheError) as error:
+        fail(str(error))
+    click.echo(f"pushed {image_path.name} as kiln-image:{name} (sha512 {metadata['sha512'][:16]}…)")
+
+
+@image.command("pull")
+@click.argument("name")
+@cache_option
+@trust_option
+@click.option("-o", "--output-dir", type=PATH, default=Path("."), show_default=True)
+def pull_command(name, cache_url, trust, output_dir) -> None:
+    """Download the newest trusted image kiln-image:NAME and its manifest (resumable)."""
+    from kiln.images.store import StoreError, pull
+    from kiln.shacache.client import CacheError
+
+    client = _cache_client(cache_url, trust, None, upload=False)
+    try:
+        path = pull(client, name, output_dir)
+    except (StoreError, CacheError) as error:
+        fail(str(error))
+    click.echo(f"pulled {path} (verified against its manifest); boot it: kiln image boot {path}")
+
+
+@image.command("export-ec2")
+@click.argument("image_path", metavar="IMAGE", type=click.Path(exists=True, path_type=Path))
+@click.option("-o", "--output-dir", type=PATH, default=Path("."), show_default=True)
+@click.option("--bucket", required=True, help="The S3 bucket EC2 imports from.")
+@click.option("--force", is_flag=True, help="Export an image baked without `ec2: true`.")
+def export_ec2_command(image_path, output_dir, bucket, force) -> None:
+    """Prepare IMAGE for EC2: the raw disk, and import-snapshot + register-image requests.
+
+    kiln does not call AWS; run the printed commands with your own credentials.
+    """
+    from kiln.images.ec2 import ExportError, commands, export
+
+    try:
+        files = export(image_path, output_dir, bucket, require_ec2=not force)
+    except ExportError as error:
+        fail(str(error))
+    for line in commands(files, bucket):
+        click.echo(line)
+
+
 @image.group("guest", hidden=True)
 def guest() -> None:
     """Run inside a booted image by its systemd units."""
