@@ -101,7 +101,9 @@ class DibRun:
         ]
 
     def env(self, base: Mapping[str, str]) -> dict[str, str]:
-        env = {**base, **self.environment}
+        # This machine's pip settings name its own paths and mirrors: not the image's.
+        env = {k: v for k, v in base.items() if not k.startswith("PIP_")}
+        env.update(self.environment)
         env["ELEMENTS_PATH"] = ":".join(str(p) for p in self.elements_path)
         bin_dir = str(Path(sys.executable).parent)
         path = [bin_dir, env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")]
