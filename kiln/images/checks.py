@@ -13,6 +13,8 @@ import requests
 
 from kiln.images.qemu import SSH_PORT, VM
 
+OCTETS = {"Content-Type": "application/octet-stream"}
+
 
 class CheckFailed(Exception):
     pass
@@ -41,41 +43,47 @@ def url(vm: VM, guest_port: int, path: str = "/") -> str:
     return f"http://127.0.0.1:{vm.ports[guest_port]}{path}"
 
 
-def wendelin_login(credentials: dict[str, dict[str, str]], instance: str) -> tuple[str, str]:
+def wendelin_login(credentials: dict[str, dict[str, str]], instance: str) -> dict[str, str]:
+    """The ingestion policy generated at first boot: policy, user, password."""
     for text in credentials.get(instance, {}).values():
         try:
             data = json.loads(text)
         except ValueError:
             continue
-        if "user" in data and "password" in data:
-            return data["user"], data["password"]
+        if isinstance(data, dict) and {"policy", "user", "password"} <= data.keys():
+            return data
     raise CheckFailed(f"no ingestion policy credentials generated in instance {instance!r}")
 
 
 def check_ingest(vm: VM, image: dict, instance: str, credentials) -> str:
-    """HTTP ingest answers 204, and a resent chunk is stored once."""
+    """HTTP ingest answers 204, and a chunk that fluentd resends is stored once."""
+    import msgpack
+
     port = main_port(image, instance)
-    auth = wendelin_login(credentials, instance)
+    login = wendelin_login(credentials, instance)
+    auth = (login["user"], login["password"])
     tag = f"image.test{secrets.token_hex(3)}"
-    body = json.dumps({"check": "kiln image test", "value": 1}).encode()
-    headers = {"Content-Type": "application/json"}
-    # An explicit time makes the resent chunk byte-identical (fluentd resends the same bytes).
-    target = url(vm, port, f"/tags/{tag}?time={int(time.time())}")
-    first = requests.post(target, data=body, headers=headers, auth=auth, timeout=30)
-    if first.status_code != 204:
-        raise CheckFailed(f"POST {target}: {first.status_code} {first.text[:200]}, expected 204")
-    again = requests.post(target, data=body, headers=headers, auth=auth, timeout=30)
-    if again.status_code != 204:
-        raise CheckFailed(f"resent chunk: {again.status_code} {again.text[:200]}, expected 204")
+    record = requests.post(
+        url(vm, port, f"/tags/{tag}"), json={"check": "kiln image test"}, auth=auth, timeout=30
+    )
+    if record.status_code != 204:
+        raise CheckFailed(f"POST /tags/{tag}: {record.status_code} {record.text[:200]}, not 204")
+    # fluent-plugin-wendelin's protocol: a msgpack chunk of [time, record] entries.
+    policy = login["policy"]
+    chunk = b"".join(msgpack.packb([int(time.time()) + i, {"n": i}]) for i in range(3))
+    target = url(vm, port, f"/ingestion_policies/{policy}/ingest?reference={tag}.chunk")
+    answers = [
+        requests.post(target, data=chunk, auth=auth, timeout=30, headers=OCTETS) for _ in (1, 2)
+    ]
+    if [a.status_code for a in answers] != [204, 204]:
+        raise CheckFailed(f"chunk and its resend: {[a.status_code for a in answers]}, not 204")
     streams = requests.get(url(vm, port, "/api/streams"), auth=auth, timeout=30)
     streams.raise_for_status()
-    listing = streams.json()
-    items = listing.get("streams", listing) if isinstance(listing, dict) else listing
-    entries = [s.get("entries") for s in items if isinstance(s, dict) and tag in s.get("name", "")]
-    if entries != [1]:
-        raise CheckFailed(f"a resent chunk must be stored once; stream entries: {entries}")
-    duplicate = again.headers.get("X-Wendelin-Duplicate", "?")
-    return f"204, resent chunk stored once (X-Wendelin-Duplicate: {duplicate})"
+    entries = [s["entries"] for s in streams.json() if s["name"].endswith(f"{tag}.chunk")]
+    if entries != [3]:
+        raise CheckFailed(f"a resent chunk of 3 entries must be stored once; stream: {entries}")
+    duplicate = answers[1].headers.get("X-Wendelin-Duplicate", "no header")
+    return f"204; a resent chunk is stored once (X-Wendelin-Duplicate: {duplicate})"
 
 
 def check_monitor(vm: VM, image: dict, instance: str, credentials) -> str:
