@@ -117,24 +117,47 @@ def image_description(template: Template) -> dict:
     }
 
 
+def release_pins(root: Path) -> list[str]:
+    """`name==version` for what the releases' kiln:venv parts install ([python-versions])."""
+    import configparser
+
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(root / "stack" / "kiln" / "versions.cfg")
+    return [f"{name}=={version}" for name, version in parser.items("python-versions")]
+
+
+def _pip_wheel(dest: Path, *args: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "-w", str(dest), *args],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise BakeError(f"pip wheel {' '.join(args)[:200]} failed:\n{result.stderr[-3000:]}")
+
+
 def wheelhouse(dest: Path, progress: Callable[[str], None]) -> None:
-    """kiln and its dependencies as wheels, with this machine's pip configuration."""
+    """Wheels of kiln, its dependencies and the releases' pinned packages, made here with this
+    machine's pip configuration: inside the image, pip installs from them with no index (the
+    chroot has no route to this machine's mirror, nor its CA certificates)."""
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kiln" / "wheels"
     cache.mkdir(parents=True, exist_ok=True)
     for old in cache.glob("kiln-*.whl"):
         old.unlink()  # always this checkout's kiln
     started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "-w", str(cache), str(repository_root())],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        raise BakeError(f"pip wheel (kiln and its dependencies) failed:\n{result.stderr[-3000:]}")
+    _pip_wheel(cache, str(repository_root()))
+    pins = release_pins(repository_root())
+    missing = [p for p in pins if not list(cache.glob(_wheel_glob(p)))]
+    if missing:
+        _pip_wheel(cache, "--no-deps", *missing)
     shutil.copytree(cache, dest)
-    progress(
-        f"wheelhouse: {len(list(dest.glob('*.whl')))} wheels in {time.monotonic() - started:.0f} s"
-    )
+    count = len(list(dest.glob("*.whl")))
+    progress(f"wheelhouse: {count} wheels in {time.monotonic() - started:.0f} s")
+
+
+def _wheel_glob(pin: str) -> str:
+    name, _, version = pin.partition("==")
+    return f"{name.replace('-', '_').replace('.', '_')}-{version}-*.whl"
 
 
 def prepare_payload(template: Template, workdir: Path, cache: CacheAccess | None, progress) -> Path:
