@@ -16,6 +16,14 @@ PATH = click.Path(path_type=Path)
 
 
 def _load(template: Path, variables: tuple[str, ...]):
+    try:
+        import diskimage_builder  # noqa: F401
+        import yaml  # noqa: F401
+    except ImportError as error:
+        fail(
+            f"kiln image needs the `images` extra ({error.name} is missing): "
+            "pip install 'kiln[images]'"
+        )
     from kiln.images.template import TemplateError, load_template
 
     try:
