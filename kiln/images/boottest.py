@@ -26,6 +26,7 @@ class TestReport:
     accelerator: str
     ready_seconds: list[float] = field(default_factory=list)
     results: list[Result] = field(default_factory=list)
+    profile: str = ""  # systemd-analyze of the first boot: where the time to ready goes
 
     @property
     def ok(self) -> bool:
@@ -48,6 +49,13 @@ def boot_once(image: Path, description: dict, workdir: Path, timeout: float) -> 
         vm.stop(timeout=5)
         raise
     return vm, vm.ready_seconds()
+
+
+def boot_profile(vm: VM, lines: int = 12) -> str:
+    """`systemd-analyze` and the slowest units of the boot, read over SSH."""
+    total = vm.ssh("systemd-analyze", check=False).stdout.strip()
+    blame = vm.ssh("systemd-analyze", "blame", "--no-pager", check=False).stdout.splitlines()
+    return "\n".join([total, *blame[:lines]])
 
 
 def fresh_credentials(first: dict, second: dict) -> Result:
@@ -82,9 +90,13 @@ def test_image(
             report.ready_seconds.append(seconds)
             progress(f"kiln-ready after {seconds:.0f} s")
             credentials = vm.credentials()
+            report.profile = boot_profile(vm)
             report.results = run_checks(vm, description, tests, credentials)
         finally:
             vm.stop()
+        progress("boot profile (systemd-analyze blame):")
+        for line in report.profile.splitlines():
+            progress(f"  {line.strip()}")
         for result in report.results:
             progress(f"  [{'ok' if result.ok else 'FAIL'}] {result.name}: {result.detail}")
         if any(t["check"] == "fresh-credentials" for t in tests):
