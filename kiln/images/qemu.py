@@ -47,24 +47,29 @@ def accelerator() -> str:
         return forced
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return "tcg"
-    probe = subprocess.run(
+    # Start a real (tiny) VM: /dev/kvm may open and yet fail to run a vCPU (MSRs refused).
+    probe = subprocess.Popen(
         [
-            qemu_binary(),
-            "-accel",
-            "kvm",
-            "-M",
-            "none",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-monitor",
-            "stdio",
+            *(qemu_binary(), "-accel", "kvm", "-M", "pc", "-cpu", "host", "-m", "64"),
+            *("-nodefaults", "-display", "none", "-S", "-monitor", "stdio"),
         ],
-        input="quit\n",
-        capture_output=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         text=True,
-        timeout=30,
     )
+    assert probe.stdin is not None
+    with contextlib.suppress(OSError):
+        probe.stdin.write("cont\n")
+        probe.stdin.flush()
+        time.sleep(2)
+        probe.stdin.write("quit\n")
+        probe.stdin.close()
+    try:
+        probe.wait(30)
+    except subprocess.TimeoutExpired:
+        probe.kill()
+        probe.wait()
     return "kvm" if probe.returncode == 0 else "tcg"
 
 
