@@ -23,6 +23,7 @@ def user_data(public_keys: list[str], hostname: str) -> str:
     return f"""#cloud-config
 # Written by kiln for one boot.  SSH takes these keys only; no password is set or accepted.
 hostname: {hostname}
+manage_etc_hosts: true
 ssh_pwauth: false
 users:
   - name: {USER}
