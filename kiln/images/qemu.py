@@ -82,10 +82,16 @@ def image_format(image: Path) -> str:
     return json.loads(info.stdout)["format"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """Distinct free ports on 127.0.0.1 (all bound at once: one at a time may repeat)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def make_ssh_key(directory: Path) -> Path:
@@ -173,8 +179,8 @@ class VM:
         self.ssh_key = make_ssh_key(self.workdir)
         public = self.ssh_key.with_suffix(".pub").read_text()
         seed_iso = seed.write_seed(self.workdir / "seed", [public], self.hostname)
-        for guest in [SSH_PORT, *self.guest_ports]:
-            self.ports.setdefault(guest, free_port())
+        wanted = [p for p in [SSH_PORT, *self.guest_ports] if p not in self.ports]
+        self.ports.update(zip(wanted, free_ports(len(wanted)), strict=True))
         self.console.write_text("")
         self.started = time.monotonic()
         log = open(self.workdir / "qemu.log", "wb")  # noqa: SIM115 - the child keeps it
