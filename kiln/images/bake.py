@@ -109,6 +109,8 @@ def image_description(template: Template) -> dict:
                 "release": i.release,
                 "parameters": i.parameters,
                 "ports": i.ports,
+                # Explicit: JSON writers may sort keys, and the first port is the main one.
+                "main_port": i.main_port,
             }
             for i in template.instances
         ],

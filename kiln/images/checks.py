@@ -31,7 +31,7 @@ class Result:
 def main_port(image: dict, instance: str) -> int:
     """The guest port of an instance's first declared port (image.json)."""
     found = next(i for i in image["instances"] if i["name"] == instance)
-    return next(iter(found["ports"].values()))
+    return found["main_port"]
 
 
 def guest_ports(image: dict) -> list[int]:

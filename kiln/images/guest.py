@@ -75,7 +75,7 @@ def instance_status(image: dict) -> dict[str, dict]:
 
 def ready_line(image: dict, status: dict[str, dict]) -> str:
     if all(s["healthy"] for s in status.values()):
-        ports = {i["name"]: next(iter(i["ports"].values())) for i in image["instances"]}
+        ports = {i["name"]: i["main_port"] for i in image["instances"]}
         ports["status"] = image["status_port"]
         return f"{READY} {json.dumps(ports)}"
     problems = {name: s["problem"] for name, s in status.items() if not s["healthy"]}

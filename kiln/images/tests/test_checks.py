@@ -19,8 +19,8 @@ from kiln.testing.wendelin import ServerProcess, add_policy
 
 IMAGE = {
     "instances": [
-        {"name": "wendelin", "ports": {"http": 8420, "forward": 24224}},
-        {"name": "monitor", "ports": {"http": 8080}},
+        {"name": "wendelin", "ports": {"forward": 24224, "http": 8420}, "main_port": 8420},
+        {"name": "monitor", "ports": {"http": 8080}, "main_port": 8080},
     ],
     "status_port": 8000,
 }
