@@ -138,7 +138,7 @@ def _pip_wheel(dest: Path, *args: str) -> None:
         raise BakeError(f"pip wheel {' '.join(args)[:200]} failed:\n{result.stderr[-3000:]}")
 
 
-def wheelhouse(dest: Path, progress: Callable[[str], None]) -> None:
+def wheelhouse(dest: Path, source: Path, progress: Callable[[str], None]) -> None:
     """Wheels of kiln, its dependencies and the releases' pinned packages, made here with this
     machine's pip configuration: inside the image, pip installs from them with no index (the
     chroot has no route to this machine's mirror, nor its CA certificates)."""
@@ -147,7 +147,12 @@ def wheelhouse(dest: Path, progress: Callable[[str], None]) -> None:
     for old in cache.glob("kiln-*.whl"):
         old.unlink()  # always this checkout's kiln
     started = time.monotonic()
-    _pip_wheel(cache, str(repository_root()))
+    # From the snapshot, not the checkout: building writes build/ beside the sources, removed
+    # here so that the image's copy is the checkout's.
+    _pip_wheel(cache, str(source))
+    shutil.rmtree(source / "build", ignore_errors=True)
+    for info in source.glob("*.egg-info"):
+        shutil.rmtree(info)
     pins = release_pins(repository_root())
     missing = [p for p in pins if not list(cache.glob(_wheel_glob(p)))]
     if missing:
@@ -168,8 +173,8 @@ def prepare_payload(template: Template, workdir: Path, cache: CacheAccess | None
     payload = workdir / "payload"
     shutil.rmtree(payload, ignore_errors=True)
     payload.mkdir(parents=True)
-    wheelhouse(payload / "wheelhouse", progress)
     snapshot_repository(payload / "src")
+    wheelhouse(payload / "wheelhouse", payload / "src", progress)
     (payload / "image.json").write_text(json.dumps(image_description(template), indent=2))
     if cache:
         (payload / "trust.pub").write_text("\n".join(cache.trusted_keys) + "\n")
