@@ -11,9 +11,11 @@ DIB's PATH, where ``kpartx`` maps partitions with ``losetup -o OFFSET --sizelimi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -118,10 +120,8 @@ class DibRun:
         """Run DIB; call ``progress`` with one line per phase and script; raise DibError."""
         log_path = self.log_path or self.output.with_suffix(".dib.log")
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        started = time.monotonic()
-        phase, script, element = "start", "", ""
-        tail: list[str] = []
         env = self.env(base_env if base_env is not None else os.environ)
+        state = _Progress(self.elements_path, progress)
         with open(log_path, "w") as log:
             process = subprocess.Popen(
                 self.command(),
@@ -133,26 +133,65 @@ class DibRun:
                 start_new_session=True,
             )
             assert process.stdout is not None
-            for line in process.stdout:
-                log.write(line)
-                tail = [*tail[-40:], line.rstrip()]
-                elapsed = f"{time.monotonic() - started:6.0f}s"
-                if match := HOOK.search(line):
-                    phase, script = match[2], match[3]
-                    element = element_of(script, phase, self.elements_path)
-                    progress(f"{elapsed}  {phase:<13} {element}/{script}")
-                elif match := PHASE.search(line):
-                    phase, script, element = match[1], "", ""
-                else:
-                    for marker, name in MILESTONES.items():
-                        if marker in line:
-                            phase, script, element = name, "", ""
-                            progress(f"{elapsed}  {name}")
+            try:
+                for line in process.stdout:
+                    log.write(line)
+                    state.feed(line)
+            except BaseException:
+                # Ctrl-C or an error here: DIB's own exit handler unmounts and detaches.
+                _interrupt(process)
+                raise
             code = process.wait()
         if code != 0:
-            where = f"phase {phase}" + (f", element {element} ({script})" if script else "")
-            last = "\n".join(f"  | {line}" for line in tail[-15:])
             raise DibError(
-                f"disk-image-create failed in {where} (exit {code}); full log: {log_path}\n{last}"
+                f"disk-image-create failed in {state.where()} (exit {code}); full log: "
+                f"{log_path}\n" + "\n".join(f"  | {line}" for line in state.tail[-15:])
             )
         return log_path
+
+
+@dataclass
+class _Progress:
+    """Turns DIB's output into progress lines, and remembers where it is for errors."""
+
+    elements_path: list[Path]
+    progress: Callable[[str], None]
+    phase: str = "start"
+    script: str = ""
+    element: str = ""
+    tail: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+    def where(self) -> str:
+        if self.script:
+            return f"phase {self.phase}, element {self.element} ({self.script})"
+        return f"phase {self.phase}"
+
+    def feed(self, line: str) -> None:
+        self.tail = [*self.tail[-40:], line.rstrip()]
+        elapsed = f"{time.monotonic() - self.started:6.0f}s"
+        if match := HOOK.search(line):
+            self.phase, self.script = match[2], match[3]
+            self.element = element_of(self.script, self.phase, self.elements_path)
+            self.progress(f"{elapsed}  {self.phase:<13} {self.element}/{self.script}")
+        elif match := PHASE.search(line):
+            self.phase, self.script, self.element = match[1], "", ""
+        else:
+            for marker, name in MILESTONES.items():
+                if marker in line:
+                    self.phase, self.script, self.element = name, "", ""
+                    self.progress(f"{elapsed}  {name}")
+
+
+def _interrupt(process: subprocess.Popen, timeout: float = 120) -> None:
+    """SIGINT to DIB's process group (its cleanup runs), then SIGKILL if it hangs."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
