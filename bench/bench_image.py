@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from kiln.images.bake import CacheAccess, bake
-from kiln.images.boottest import test_image
+from kiln.images.boottest import run_boot_test
 from kiln.images.qemu import accelerator
 from kiln.images.template import load_template
 from kiln.software.seed import seed_debian_package
@@ -56,7 +56,7 @@ def main() -> None:
         baseline = bake(template, work / "baseline", None, quiet)
         print("boot to kiln-ready ...", flush=True)
         raw = next(p for p in warm.images if p.suffix == ".raw")
-        report = test_image(raw, quiet, timeout=1200, workdir=work)
+        report = run_boot_test(raw, quiet, timeout=1200, workdir=work)
     finally:
         cache.stop()
     qcow2 = next(p for p in warm.images if p.suffix == ".qcow2")

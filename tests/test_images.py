@@ -15,7 +15,7 @@ import pytest
 
 from kiln.images import manifest
 from kiln.images.bake import CacheAccess, bake
-from kiln.images.boottest import test_image
+from kiln.images.boottest import run_boot_test
 from kiln.images.template import load_template
 from kiln.software.seed import seed_debian_package
 from kiln.testing.releases import DEBIAN_SOURCES, start_test_cache
@@ -71,7 +71,7 @@ def test_cold_bake_writes_images_and_manifest(cold_bake):
 
 def test_the_image_boots_and_passes_every_check(cold_bake, tmp_path):
     raw = next(p for p in cold_bake.images if p.suffix == ".raw")
-    report = test_image(raw, print, timeout=1200, workdir=tmp_path)
+    report = run_boot_test(raw, print, timeout=1200, workdir=tmp_path)
     failed = [f"{r.name}: {r.detail}" for r in report.results if not r.ok]
     assert not failed, failed
     names = {r.name for r in report.results}

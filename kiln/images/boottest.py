@@ -74,7 +74,7 @@ def fresh_credentials(first: dict, second: dict) -> Result:
     return Result("fresh-credentials", True, f"{count} credentials, all different per boot", 0)
 
 
-def test_image(
+def run_boot_test(
     image: Path,
     progress: Callable[[str], None] = print,
     timeout: float = DEFAULT_TIMEOUT,

@@ -138,12 +138,12 @@ def build_command(
 
 
 def _run_test(image_path: Path, timeout: float) -> None:
-    from kiln.images.boottest import test_image
+    from kiln.images.boottest import run_boot_test
     from kiln.images.qemu import BootError
     from kiln.images.seed import SeedError
 
     try:
-        report = test_image(image_path, _echo, timeout)
+        report = run_boot_test(image_path, _echo, timeout)
     except (BootError, SeedError) as error:
         fail(f"boot test of {image_path} failed: {error}")
     if not report.ok:
