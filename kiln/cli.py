@@ -19,6 +19,7 @@ GROUPS: dict[str, str] = {
     "software": "kiln.software.cli:software",
     "instance": "kiln.software.cli:instance",
     "monitor": "kiln.monitor.cli:monitor",
+    "image": "kiln.images.cli:image",
 }
 
 
@@ -47,6 +48,7 @@ def main(verbose: int) -> None:
       kiln instance   run built releases under supervisor     (kiln/software)
       kiln wendelin   the data platform: ingest and streams   (kiln/wendelin)
       kiln monitor    samples, promises, the monitor page     (kiln/monitor)
+      kiln image      bake, boot-test and ship VM images      (kiln/images)
 
     Run `kiln GROUP --help` for details.
 

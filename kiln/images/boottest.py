@@ -1,0 +1,131 @@
+"""`kiln image test` and `kiln image boot`: boot an image and check it from outside.
+
+What to check comes from the image's manifest (written by `kiln image build`): the instances
+with their ports, the status port and the template's tests.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kiln.images import manifest as manifests
+from kiln.images.checks import Result, guest_ports, run_checks
+from kiln.images.qemu import VM, BootError, accelerator
+
+DEFAULT_TIMEOUT = 900.0  # seconds to readiness: TCG on 2 busy cores
+
+
+@dataclass
+class TestReport:
+    image: Path
+    accelerator: str
+    ready_seconds: list[float] = field(default_factory=list)
+    results: list[Result] = field(default_factory=list)
+    profile: str = ""  # systemd-analyze of the first boot: where the time to ready goes
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.results) and all(r.ok for r in self.results)
+
+
+def load_manifest(image: Path) -> dict:
+    path = manifests.manifest_path(image)
+    if not path.is_file():
+        raise BootError(f"{image}: no manifest beside it ({path.name}); bake with kiln image build")
+    return json.loads(path.read_text())
+
+
+def boot_once(image: Path, description: dict, workdir: Path, timeout: float) -> tuple[VM, float]:
+    vm = VM(image, workdir, guest_ports(description), hostname=description["name"])
+    vm.start()
+    try:
+        vm.wait_ready(timeout)
+    except BaseException:
+        vm.stop(timeout=5)
+        raise
+    return vm, vm.ready_seconds()
+
+
+def boot_profile(vm: VM, lines: int = 12) -> str:
+    """`systemd-analyze` and the slowest units of the boot, read over SSH."""
+    total = vm.ssh("systemd-analyze", check=False).stdout.strip()
+    blame = vm.ssh("systemd-analyze", "blame", "--no-pager", check=False).stdout.splitlines()
+    return "\n".join([total, *blame[:lines]])
+
+
+def fresh_credentials(first: dict, second: dict) -> Result:
+    """Two boots of the same image: every generated credential differs."""
+    same = [
+        f"{instance}/{name}"
+        for instance, files in first.items()
+        for name, text in files.items()
+        if second.get(instance, {}).get(name) == text
+    ]
+    count = sum(len(files) for files in first.values())
+    if not count:
+        return Result("fresh-credentials", False, "no credential was generated at boot", 0)
+    if same:
+        return Result("fresh-credentials", False, f"the same on both boots: {same}", 0)
+    return Result("fresh-credentials", True, f"{count} credentials, all different per boot", 0)
+
+
+def run_boot_test(
+    image: Path,
+    progress: Callable[[str], None] = print,
+    timeout: float = DEFAULT_TIMEOUT,
+    workdir: Path | None = None,
+) -> TestReport:
+    data = load_manifest(image)
+    description, tests = data["image"], data["tests"]
+    report = TestReport(image, accelerator())
+    with tempfile.TemporaryDirectory(prefix="kiln-image-test-", dir=workdir) as tmp:
+        progress(f"booting {image.name} under qemu ({report.accelerator}), throwaway overlay")
+        vm, seconds = boot_once(image, description, Path(tmp) / "boot1", timeout)
+        try:
+            report.ready_seconds.append(seconds)
+            progress(f"kiln-ready after {seconds:.0f} s")
+            credentials = vm.credentials()
+            report.profile = boot_profile(vm)
+            report.results = run_checks(vm, description, tests, credentials)
+        finally:
+            vm.stop()
+        progress("boot profile (systemd-analyze blame):")
+        for line in report.profile.splitlines():
+            progress(f"  {line.strip()}")
+        for result in report.results:
+            progress(f"  [{'ok' if result.ok else 'FAIL'}] {result.name}: {result.detail}")
+        if any(t["check"] == "fresh-credentials" for t in tests):
+            progress("second boot of the same image: credentials must differ")
+            vm2, seconds = boot_once(image, description, Path(tmp) / "boot2", timeout)
+            try:
+                report.ready_seconds.append(seconds)
+                result = fresh_credentials(credentials, vm2.credentials())
+            finally:
+                vm2.stop()
+            report.results.append(result)
+            progress(f"  [{'ok' if result.ok else 'FAIL'}] {result.name}: {result.detail}")
+    return report
+
+
+def boot_for_user(image: Path, workdir: Path, timeout: float, progress=print) -> VM:
+    """Boot and wait for readiness; print the URLs and the credentials generated at boot."""
+    description = load_manifest(image)["image"]
+    started = time.monotonic()
+    progress(f"booting {image.name} under qemu ({accelerator()}); state in {workdir}")
+    vm, _ = boot_once(image, description, workdir, timeout)
+    progress(f"ready after {time.monotonic() - started:.0f} s")
+    for instance in description["instances"]:
+        for name, port in instance["ports"].items():
+            scheme = "http" if name == "http" else "tcp"
+            progress(f"  {instance['name']} {name}: {scheme}://127.0.0.1:{vm.ports[port]}/")
+    progress(f"  status: http://127.0.0.1:{vm.ports[description['status_port']]}/")
+    progress(f"  ssh: {' '.join(vm.ssh_command())}")
+    for instance, files in vm.credentials().items():
+        for name, text in files.items():
+            progress(f"  credentials of {instance} ({name}): {text}")
+    return vm

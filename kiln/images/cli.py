@@ -1,0 +1,304 @@
+"""`kiln image`: validate, build (bake + boot test), test, boot, push, pull, export-ec2."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+from kiln.common.cli import fail, parse_pairs
+
+PATH = click.Path(path_type=Path)
+
+
+def _load(template: Path, variables: tuple[str, ...]):
+    try:
+        import diskimage_builder  # noqa: F401
+        import yaml  # noqa: F401
+    except ImportError as error:
+        fail(
+            f"kiln image needs the `images` extra ({error.name} is missing): "
+            "pip install 'kiln[images]'"
+        )
+    from kiln.images.template import TemplateError, load_template
+
+    try:
+        return load_template(template, parse_pairs(variables, "--var"))
+    except TemplateError as error:
+        fail(str(error))
+
+
+def _echo(line: str) -> None:
+    click.echo(line)
+
+
+var_option = click.option(
+    "--var",
+    "variables",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Set a template variable (also $KILN_VAR_NAME). Repeatable.",
+)
+
+
+@click.group()
+def image() -> None:
+    """Bake packer-style templates into qcow2/raw images with diskimage-builder, and boot them.
+
+    \b
+    A new user's first image (see images/README.md):
+      kiln image build images/appliance.yaml -o out/    # bake, then boot-test
+      kiln image boot out/appliance.qcow2               # URLs and generated credentials
+
+    Every image is booted and checked before it is called done (`kiln image test`).
+    """
+
+
+@image.command("validate")
+@click.argument("template", type=PATH)
+@var_option
+def validate_command(template: Path, variables: tuple[str, ...]) -> None:
+    """Check TEMPLATE; errors name the file, the key and what is allowed."""
+    model = _load(template, variables)
+    click.echo(
+        f"{template}: ok: image {model.name!r}, Debian {model.source.release} "
+        f"{model.source.architecture}, releases {', '.join(model.releases) or 'none'}, "
+        f"instances {', '.join(i.name for i in model.instances) or 'none'}, "
+        f"outputs {', '.join(model.outputs)}"
+    )
+
+
+@image.command("build")
+@click.argument("template", type=PATH)
+@click.option("-o", "--output-dir", type=PATH, default=Path("."), show_default=True)
+@var_option
+@click.option("--cache", "cache_url", metavar="URL", help="Binary cache (kiln cache serve).")
+@click.option("--trust", multiple=True, metavar="KEY", help="Trusted key (name:base64 or .pub).")
+@click.option(
+    "--sign-with",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Sign and upload what is built (needs upload credentials: URL or $KILN_CACHE_*).",
+)
+@click.option("--no-test", is_flag=True, help="Skip the boot test (the image is then untested).")
+@click.option("--timeout", default=900.0, show_default=True, help="Seconds to readiness at test.")
+def build_command(
+    template: Path,
+    output_dir: Path,
+    variables: tuple[str, ...],
+    cache_url: str | None,
+    trust: tuple[str, ...],
+    sign_with: Path | None,
+    no_test: bool,
+    timeout: float,
+) -> None:
+    """Bake TEMPLATE with disk-image-create, write the manifest, then boot-test the image.
+
+    Releases are built inside the image with `kiln software build` through --cache: with a
+    warm cache every part is restored, none compiled.  The root filesystem after the package
+    phase is a signed layer in the same cache.  The full DIB log is kept beside the image.
+    """
+    from kiln.images.bake import BakeError, CacheAccess, bake
+    from kiln.software.build import read_trusted_keys
+
+    model = _load(template, variables)
+    cache = None
+    if cache_url:
+        keys = read_trusted_keys(trust)
+        if not keys:
+            fail("--cache needs --trust KEY: entries signed by no trusted key are refused")
+        cache = CacheAccess(cache_url, keys, sign_with)
+        if sign_with and not cache.upload_url():
+            click.echo(
+                "warning: --sign-with without upload credentials: nothing uploaded", err=True
+            )
+    click.echo(f"baking {template} -> {output_dir.resolve()}/{model.name}.*")
+    try:
+        result = bake(model, output_dir, cache, _echo)
+    except BakeError as error:
+        fail(str(error))
+    click.echo(f"baked in {result.seconds:.0f} s; manifest: {result.manifest_path}")
+    for path in result.images:
+        click.echo(f"  {path} ({path.stat().st_size / 1e6:.0f} MB)")
+    if no_test:
+        click.secho(
+            "WARNING: --no-test: this image was NOT booted nor checked; "
+            f"run `kiln image test {result.images[0]}` before calling it done",
+            fg="yellow",
+            bold=True,
+            err=True,
+        )
+        return
+    # The raw output boots faster than the compressed qcow2 and holds the same filesystem.
+    raw = [p for p in result.images if p.suffix == ".raw"]
+    _run_test(raw[0] if raw else result.images[0], timeout)
+
+
+def _run_test(image_path: Path, timeout: float) -> None:
+    from kiln.images.boottest import run_boot_test
+    from kiln.images.qemu import BootError
+    from kiln.images.seed import SeedError
+
+    try:
+        report = run_boot_test(image_path, _echo, timeout)
+    except (BootError, SeedError) as error:
+        fail(f"boot test of {image_path} failed: {error}")
+    if not report.ok:
+        fail(f"boot test of {image_path}: some checks failed (see above)")
+    click.echo(
+        f"boot test passed ({report.accelerator}, ready in "
+        f"{', '.join(f'{s:.0f} s' for s in report.ready_seconds)})"
+    )
+
+
+@image.command("test")
+@click.argument("image_path", metavar="IMAGE", type=click.Path(exists=True, path_type=Path))
+@click.option("--timeout", default=900.0, show_default=True, help="Seconds to readiness.")
+def test_command(image_path: Path, timeout: float) -> None:
+    """Boot IMAGE on a throwaway overlay and check it from outside.
+
+    Waits for the guest's `kiln-ready` line on the serial console, then: HTTP ingest answers
+    204 and stores a resent chunk once, the monitor answers, SSH takes the generated key and
+    refuses passwords, and a second boot gets different credentials.  KVM where it works,
+    TCG otherwise.
+    """
+    _run_test(image_path, timeout)
+
+
+@image.command("boot")
+@click.argument("image_path", metavar="IMAGE", type=click.Path(exists=True, path_type=Path))
+@click.option("--timeout", default=900.0, show_default=True, help="Seconds to readiness.")
+@click.option("--state-dir", type=PATH, help="Where the overlay and logs go (default: a temp dir).")
+def boot_command(image_path: Path, timeout: float, state_dir: Path | None) -> None:
+    """Run IMAGE for you: prints the URLs and generated credentials; Ctrl-C stops it cleanly."""
+    from kiln.images.boottest import boot_for_user
+    from kiln.images.qemu import BootError
+
+    workdir = state_dir or Path(tempfile.mkdtemp(prefix="kiln-image-boot-"))
+    try:
+        vm = boot_for_user(image_path, workdir, timeout, _echo)
+    except BootError as error:
+        fail(str(error))
+    click.echo("running; Ctrl-C stops the VM")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        while vm.process and vm.process.poll() is None:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        click.echo("stopping the VM (ACPI power-off)...")
+        vm.stop()
+        click.echo("stopped")
+
+
+def _cache_client(cache_url: str, trust: tuple[str, ...], sign_with: Path | None, upload: bool):
+    from kiln.images.bake import CacheAccess
+    from kiln.software.build import read_trusted_keys
+
+    keys = read_trusted_keys(trust)
+    if not keys:
+        fail("--trust KEY is required: images signed by no trusted key are refused")
+    access = CacheAccess(cache_url, keys, sign_with)
+    if upload and not access.upload_url():
+        fail(
+            "push needs --sign-with KEY and upload credentials (URL or $KILN_CACHE_USER/_PASSWORD)"
+        )
+    client = access.client(upload=upload)
+    client.progress = True
+    return client
+
+
+cache_option = click.option(
+    "--cache", "cache_url", required=True, metavar="URL", help="Binary cache."
+)
+trust_option = click.option("--trust", multiple=True, metavar="KEY", help="Trusted key or .pub.")
+
+
+@image.command("push")
+@click.argument("image_path", metavar="IMAGE", type=click.Path(exists=True, path_type=Path))
+@click.option("--key", "name", required=True, metavar="NAME", help="Publish as kiln-image:NAME.")
+@cache_option
+@trust_option
+@click.option("--sign-with", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def push_command(image_path, name, cache_url, trust, sign_with) -> None:
+    """Upload IMAGE and its manifest to the cache as a signed entry kiln-image:NAME."""
+    from kiln.images.store import StoreError, push
+    from kiln.shacache.client import CacheError
+
+    client = _cache_client(cache_url, trust, sign_with, upload=True)
+    try:
+        metadata = push(client, image_path, name)
+    except (StoreError, CacheError) as error:
+        fail(str(error))
+    click.echo(f"pushed {image_path.name} as kiln-image:{name} (sha512 {metadata['sha512'][:16]}…)")
+
+
+@image.command("pull")
+@click.argument("name")
+@cache_option
+@trust_option
+@click.option("-o", "--output-dir", type=PATH, default=Path("."), show_default=True)
+def pull_command(name, cache_url, trust, output_dir) -> None:
+    """Download the newest trusted image kiln-image:NAME and its manifest (resumable)."""
+    from kiln.images.store import StoreError, pull
+    from kiln.shacache.client import CacheError
+
+    client = _cache_client(cache_url, trust, None, upload=False)
+    try:
+        path = pull(client, name, output_dir)
+    except (StoreError, CacheError) as error:
+        fail(str(error))
+    click.echo(f"pulled {path} (verified against its manifest); boot it: kiln image boot {path}")
+
+
+@image.command("export-ec2")
+@click.argument("image_path", metavar="IMAGE", type=click.Path(exists=True, path_type=Path))
+@click.option("-o", "--output-dir", type=PATH, default=Path("."), show_default=True)
+@click.option("--bucket", required=True, help="The S3 bucket EC2 imports from.")
+@click.option("--force", is_flag=True, help="Export an image baked without `ec2: true`.")
+def export_ec2_command(image_path, output_dir, bucket, force) -> None:
+    """Prepare IMAGE for EC2: the raw disk, and import-snapshot + register-image requests.
+
+    kiln does not call AWS; run the printed commands with your own credentials.
+    """
+    from kiln.images.ec2 import ExportError, commands, export
+
+    try:
+        files = export(image_path, output_dir, bucket, require_ec2=not force)
+    except ExportError as error:
+        fail(str(error))
+    for line in commands(files, bucket):
+        click.echo(line)
+
+
+@image.group("guest", hidden=True)
+def guest() -> None:
+    """Run inside a booted image by its systemd units."""
+
+
+@guest.command("up")
+@click.argument("name")
+def guest_up(name: str) -> None:
+    from kiln.images.guest import up_main
+
+    up_main(name)
+
+
+@guest.command("ready")
+def guest_ready() -> None:
+    from kiln.images.guest import ready_main
+
+    ready_main()
+
+
+@guest.command("credentials")
+def guest_credentials() -> None:
+    import json
+
+    from kiln.images.guest import credentials
+
+    click.echo(json.dumps(credentials()))
