@@ -37,11 +37,8 @@ def source_key(url: str) -> str:
 def md5_matches(path: Path, md5sum: str | None) -> bool:
     if not md5sum:
         return True
-    digest = hashlib.md5()
     with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest() == md5sum
+        return hashlib.file_digest(stream, "md5").hexdigest() == md5sum
 
 
 def _temporary_path() -> Path:

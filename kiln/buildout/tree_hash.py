@@ -30,11 +30,8 @@ class TreeHashError(Exception):
 
 
 def _file_digest(path: Path) -> bytes:
-    digest = hashlib.sha256()
     with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.digest()
+        return hashlib.file_digest(stream, "sha256").digest()
 
 
 def tree_hash(root: Path) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from urllib.parse import quote, urlsplit, urlunsplit
 
 
@@ -43,3 +44,20 @@ def with_credentials(url: str, user: str, password: str) -> str:
 CACHE_PORT = 5080
 WENDELIN_HTTP_PORT = 8420
 FORWARD_PORT = 24224  # fluentd's own default for the forward protocol
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free TCP ports on 127.0.0.1, all bound at once (one at a time may repeat)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def free_port() -> int:
+    """One free TCP port on 127.0.0.1 (for a server about to be started on it)."""
+    return free_ports(1)[0]

@@ -78,9 +78,7 @@ class CacheAccess:
         from kiln.shacache.client import CacheClient
         from kiln.shacache.keys import TrustList, load_signing_key
 
-        trust = TrustList()
-        for key in self.trusted_keys:
-            trust.add_public_key(key)
+        trust = TrustList.from_texts(self.trusted_keys)
         url = self.upload_url() if upload else None
         keys = [load_signing_key(self.signing_key)] if upload and self.signing_key else []
         return CacheClient.from_url(

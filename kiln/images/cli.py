@@ -102,12 +102,11 @@ def build_command(
     phase is a signed layer in the same cache.  The full DIB log is kept beside the image.
     """
     from kiln.images.bake import BakeError, CacheAccess, bake
-    from kiln.software.build import read_trusted_keys
 
     model = _load(template, variables)
     cache = None
     if cache_url:
-        keys = read_trusted_keys(trust)
+        keys = _trusted_keys(trust)
         if not keys:
             fail("--cache needs --trust KEY: entries signed by no trusted key are refused")
         cache = CacheAccess(cache_url, keys, sign_with)
@@ -195,11 +194,21 @@ def boot_command(image_path: Path, timeout: float, state_dir: Path | None) -> No
         click.echo("stopped")
 
 
+def _trusted_keys(trust: tuple[str, ...]) -> list[str]:
+    """--trust values (keys, or files of keys and certificates) through the cache's one
+    configuration parser, so they mean what they mean in every other command."""
+    from kiln.shacache.config import ConfigError, parse_cache_config
+
+    try:
+        return list(parse_cache_config(flags={"trusted_keys": list(trust)}).trusted_keys)
+    except ConfigError as error:
+        fail(str(error))
+
+
 def _cache_client(cache_url: str, trust: tuple[str, ...], sign_with: Path | None, upload: bool):
     from kiln.images.bake import CacheAccess
-    from kiln.software.build import read_trusted_keys
 
-    keys = read_trusted_keys(trust)
+    keys = _trusted_keys(trust)
     if not keys:
         fail("--trust KEY is required: images signed by no trusted key are refused")
     access = CacheAccess(cache_url, keys, sign_with)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
+from kiln.common.addresses import free_ports
 from kiln.images import seed
 
 READY = re.compile(r"kiln-ready (\{.*\})")
@@ -80,18 +81,6 @@ def image_format(image: Path) -> str:
     if info.returncode != 0:
         raise BootError(f"{image}: not a disk image qemu-img reads: {info.stderr.strip()}")
     return json.loads(info.stdout)["format"]
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free ports on 127.0.0.1 (all bound at once: one at a time may repeat)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def make_ssh_key(directory: Path) -> Path:

@@ -103,20 +103,6 @@ def start_test_cache(workdir: Path) -> CacheFixture:
     return CacheFixture(server, key_dir)
 
 
-def free_ports(count: int) -> list[int]:
-    """Distinct free TCP ports on 127.0.0.1."""
-    import socket
-
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def assert_software_links_sanely(software_dir: Path) -> int:
     """The checkSoftware-style check; answer how many ELF files were checked."""
     from kiln.software.elfcheck import check_software

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from kiln.common.addresses import free_ports
 from kiln.software.build import BuildError, BuildResult, build_release
 from kiln.software.instance import InstanceError, instantiate
 from kiln.testing.releases import (
     CacheFixture,
     build_snapshot_release,
-    free_ports,
     healthy_instance,
 )
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from kiln.common.addresses import free_ports
 from kiln.monitor.agent import supervisor_proxy
 from kiln.monitor.parameters import tag_part
 from kiln.software.build import BuildResult
@@ -31,7 +32,6 @@ from kiln.testing.releases import (
     CacheFixture,
     assert_software_links_sanely,
     build_snapshot_release,
-    free_ports,
     healthy_instance,
 )
 from kiln.wendelin import client as wendelin_client

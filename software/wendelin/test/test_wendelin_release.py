@@ -12,6 +12,7 @@ import msgpack
 import pytest
 from click.testing import CliRunner
 
+from kiln.common.addresses import free_ports
 from kiln.software.build import BuildResult, build_release
 from kiln.software.cli import instance as instance_command
 from kiln.software.instance import Instance
@@ -19,7 +20,6 @@ from kiln.testing.releases import (
     CacheFixture,
     assert_software_links_sanely,
     build_snapshot_release,
-    free_ports,
     healthy_instance,
 )
 
