@@ -29,7 +29,7 @@ import requests
 
 from kiln.monitor.fluentd_config import Paths, appliance_config, remote_agent_snippet
 from kiln.monitor.parameters import parse
-from kiln.testing.fluentd import Fluentd, unpacked_fluentd
+from kiln.testing.fluentd import Fluentd, tail_source, unpacked_fluentd
 from kiln.testing.wendelin import ServerProcess, add_policy, free_port
 
 TARGET_RATIO = 0.70
@@ -43,25 +43,6 @@ BUFFER = """  <buffer>
     flush_mode interval
     flush_interval 1s
   </buffer>"""
-
-
-def tail_source(path: Path, pos: Path, tag: str) -> str:
-    return f"""<source>
-  @type tail
-  path {path}
-  pos_file {pos}
-  tag {tag}
-  read_from_head true
-  <parse>
-    @type json
-  </parse>
-</source>
-<label @FLUENT_LOG>
-  <match **>
-    @type null
-  </match>
-</label>
-"""
 
 
 def wait_until(done: Callable[[], bool], timeout: float = 600.0) -> float:

@@ -120,3 +120,24 @@ class Fluentd:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def tail_source(path: Path, pos: Path, tag: str) -> str:
+    """fluentd configuration that tails ``path`` (JSON lines, from its start) as ``tag``, and
+    drops fluentd's own log events, which ``<match **>`` would otherwise catch."""
+    return f"""<source>
+  @type tail
+  path {path}
+  pos_file {pos}
+  tag {tag}
+  read_from_head true
+  <parse>
+    @type json
+  </parse>
+</source>
+<label @FLUENT_LOG>
+  <match **>
+    @type null
+  </match>
+</label>
+"""

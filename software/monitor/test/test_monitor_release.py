@@ -26,7 +26,7 @@ from kiln.monitor.parameters import tag_part
 from kiln.software.build import BuildResult
 from kiln.software.instance import InstanceError, instantiate
 from kiln.testing.chromium import browse, keep, png_size
-from kiln.testing.fluentd import Fluentd
+from kiln.testing.fluentd import Fluentd, tail_source
 from kiln.testing.forward_client import ForwardClient, HandshakeFailed
 from kiln.testing.releases import (
     CacheFixture,
@@ -142,24 +142,7 @@ def remote_agent_config(snippet: str, directory: Path, tail: Path, tag: str) -> 
     match = snippet.replace("<match **>", f"<match {tag}>").replace(
         "/var/lib/fluentd/buffer/kiln-appliance", str(directory / "buffer")
     )
-    return f"""
-<source>
-  @type tail
-  path {tail}
-  pos_file {directory / "tail.pos"}
-  tag {tag}
-  read_from_head true
-  <parse>
-    @type json
-  </parse>
-</source>
-{match}
-<label @FLUENT_LOG>
-  <match **>
-    @type null
-  </match>
-</label>
-"""
+    return tail_source(tail, directory / "tail.pos", tag) + match + "\n"
 
 
 def write_lines(path: Path, start: int, count: int, pause: float = 0.0) -> None:
