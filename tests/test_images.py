@@ -18,6 +18,7 @@ from kiln.images.bake import CacheAccess, bake
 from kiln.images.boottest import run_boot_test
 from kiln.images.template import load_template
 from kiln.software.seed import seed_debian_package
+from kiln.testing.fluentd import seed_fluentd_source
 from kiln.testing.releases import DEBIAN_SOURCES, start_test_cache
 
 pytestmark = [
@@ -35,6 +36,7 @@ def image_cache(tmp_path_factory):
     client = cache.client(upload=True)
     for spec in DEBIAN_SOURCES:
         seed_debian_package(client, spec)
+    seed_fluentd_source(client)  # software/monitor's fluentd: no registry carries it
     yield cache
     cache.stop()
 

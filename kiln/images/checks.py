@@ -88,10 +88,10 @@ def check_ingest(vm: VM, image: dict, instance: str, credentials) -> str:
 
 def check_monitor(vm: VM, image: dict, instance: str, credentials) -> str:
     port = main_port(image, instance)
-    answer = requests.get(url(vm, port, "/health"), timeout=30)
+    answer = requests.get(url(vm, port, "/healthz"), timeout=30)
     if answer.status_code != 200:
-        raise CheckFailed(f"monitor /health: {answer.status_code}")
-    return "monitor /health answers 200"
+        raise CheckFailed(f"monitor page /healthz: {answer.status_code}")
+    return "monitor page /healthz answers 200"
 
 
 def check_ssh(vm: VM, image: dict, instance, credentials) -> str:

@@ -5,7 +5,7 @@ is `kiln instance up` with the parameters baked into /etc/kiln/image.json; and
 `kiln image guest ready` (kiln-ready.service), which waits until every instance's health
 checks pass, prints one line on the serial console::
 
-    kiln-ready {"wendelin": 8420, "monitor": 8080, "status": 8000}
+    kiln-ready {"wendelin": 8420, "monitor": 8422, "status": 8000}
 
 (or ``kiln-not-ready {...what failed...}`` after the template's ready_timeout), then serves
 the same status as JSON over HTTP on the status port.

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import json
 from types import SimpleNamespace
-from urllib.parse import urlsplit
 
 import pytest
 
 from kiln.images import checks
 from kiln.images.boottest import fresh_credentials
-from kiln.testing.cache import start_cache_server
 from kiln.testing.wendelin import ServerProcess, add_policy
 
 IMAGE = {
@@ -30,19 +28,19 @@ IMAGE = {
 def test_ingest_and_monitor_checks_pass_on_real_services(tmp_path):
     policy = add_policy(str(tmp_path / "srv"), "default")
     credentials = {"wendelin": {"wendelin-default-policy.json": json.dumps(policy)}}
-    cache = start_cache_server(tmp_path / "cache")
-    try:
-        with ServerProcess(str(tmp_path / "srv")) as server:
-            monitor_port = urlsplit(cache.url).port
-            vm = SimpleNamespace(ports={8420: server.http_port, 8080: monitor_port})
-            detail = checks.check_ingest(vm, IMAGE, "wendelin", credentials)
-            assert "stored once (X-Wendelin-Duplicate: already stored)" in detail
-            assert "200" in checks.check_monitor(vm, IMAGE, "monitor", credentials)
-            wrong = {"wendelin": {"p.json": json.dumps({**policy, "password": "x" * 32})}}
-            with pytest.raises(checks.CheckFailed, match="not 204"):
-                checks.check_ingest(vm, IMAGE, "wendelin", wrong)
-    finally:
-        cache.stop()
+    # The monitor page answers GET /healthz like Wendelin's HTTP port: a second real server
+    # stands in for it (the monitor release's own test boots the real one).
+    with (
+        ServerProcess(str(tmp_path / "srv")) as server,
+        ServerProcess(str(tmp_path / "monitor")) as monitor_page,
+    ):
+        vm = SimpleNamespace(ports={8420: server.http_port, 8080: monitor_page.http_port})
+        detail = checks.check_ingest(vm, IMAGE, "wendelin", credentials)
+        assert "stored once (X-Wendelin-Duplicate: already stored)" in detail
+        assert "200" in checks.check_monitor(vm, IMAGE, "monitor", credentials)
+        wrong = {"wendelin": {"p.json": json.dumps({**policy, "password": "x" * 32})}}
+        with pytest.raises(checks.CheckFailed, match="not 204"):
+            checks.check_ingest(vm, IMAGE, "wendelin", wrong)
 
 
 @pytest.mark.unit
