@@ -22,7 +22,7 @@ import zstandard
 from kiln.buildout.shared_parts import remove_tree
 
 # tarfile's extraction filters (PEP 706) exist from Python 3.11.4; Debian 12's python3.11
-# (3.11.2, what images build releases with) lacks them.  _check_member vets every member
+# (3.11.2, what images build releases with) lacks them.  check_member vets every member
 # either way; the filter is a second guard where it exists.
 _TAR_FILTER: dict[str, str] = {"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}
 
@@ -136,7 +136,7 @@ def _through_link(root: Path, relative: Path) -> bool:
     return False
 
 
-def _check_member(member: tarfile.TarInfo, root: Path, seen: set[str]) -> None:
+def check_member(member: tarfile.TarInfo, root: Path, seen: set[str]) -> None:
     """Refuse anything but plain files, directories and symbolic links that stay put.
 
     Checked for every archive, signed or not: a signature says who made an archive, not
@@ -205,7 +205,7 @@ def unpack_part(
     ):
         seen: set[str] = set()
         for member in tar:
-            _check_member(member, root, seen)
+            check_member(member, root, seen)
             tar.extract(member, path=root, **_TAR_FILTER)
             extracted.append(root / member.name)
             if member.isdir():

@@ -22,6 +22,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from kiln.buildout.part_archive import ArchiveError, check_member
+
 PREFIX = "sha256-"
 
 
@@ -67,8 +69,16 @@ def unpack(archive: Path, destination: Path) -> Path:
     destination.mkdir(parents=True, exist_ok=True)
     try:
         with tarfile.open(archive) as tar:
-            tar.extractall(destination, filter="data")
-    except (tarfile.TarError, OSError) as error:
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(destination, filter="data")
+            else:
+                # Debian 12's python3.11 (3.11.2, inside images) predates extraction filters:
+                # every member is vetted as a part archive's is, then extracted.
+                seen: set[str] = set()
+                for member in tar:
+                    check_member(member, destination, seen)
+                    tar.extract(member, destination)
+    except (tarfile.TarError, OSError, ArchiveError) as error:
         raise TreeHashError(f"{archive.name}: cannot be unpacked safely: {error}") from error
     children = list(destination.iterdir())
     if len(children) == 1 and children[0].is_dir() and not children[0].is_symlink():
