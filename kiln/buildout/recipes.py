@@ -354,3 +354,38 @@ class Command:
         return []
 
     update = install
+
+
+class Switch:
+    """Chooses between option sets by a parameter's value, for a service an instance
+    parameter turns on or off.
+
+    ``switch`` is the value (``on`` or ``off``); every option ``on-NAME`` / ``off-NAME`` gives
+    option ``NAME`` its value in that case.  Other parts reference ``${section:NAME}`` (a
+    supervisor program, a health check), so buildout has no conditional to evaluate:
+
+        [jupyterlab]
+        recipe = kiln:switch
+        switch = ${instance-parameter:jupyterlab}
+        on-program = [program:jupyterlab] ...
+        off-program =
+
+    Any other value fails the instance, naming the parameter's accepted values.
+    """
+
+    VALUES = ("on", "off")
+
+    def __init__(self, buildout: Any, name: str, options: Options) -> None:
+        value = options.get("switch", "").strip()
+        if value not in self.VALUES:
+            raise zc.buildout.UserError(
+                f"[{name}] switch is {value!r}: give {' or '.join(self.VALUES)}"
+            )
+        prefix = f"{value}-"
+        for key in [k for k in options if k.startswith(prefix)]:
+            options[key.removeprefix(prefix)] = options[key]
+
+    def install(self) -> list[str]:
+        return []
+
+    update = install
