@@ -22,7 +22,7 @@ import datetime
 import io
 import json
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote
 
 import msgpack
@@ -136,27 +136,33 @@ class Context:
                 created = True
         return self.arrays[name]
 
-    def save_figure(
-        self, name: str, figure: "matplotlib.figure.Figure", **savefig: Any
+    def upload(
+        self, name: str, data: bytes | BinaryIO, content_type: str = "application/octet-stream"
     ) -> "Stream":
-        """Save a matplotlib figure as PNG into a new raw stream ``name`` (the stream upload
-        API); needs a policy's credentials.  Streams are append-only and never replaced: a
-        name that exists raises ``FileExistsError``.  ``savefig`` options (``dpi``...) are
-        passed to ``figure.savefig``."""
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", **savefig)
+        """Upload ``data`` (bytes, or a binary file read as it is sent) as a new raw stream
+        ``name``; needs a policy's credentials.  Streams are append-only and never replaced:
+        a name that exists raises ``FileExistsError``."""
         try:
             response = self.write(
                 "PUT",
                 f"/api/streams/{quote(name, safe='')}",
-                data=buffer.getvalue(),
-                headers={"Content-Type": "image/png"},
+                data=data,
+                headers={"Content-Type": content_type},
             )
         except requests.HTTPError as error:
             if error.response is not None and error.response.status_code == 409:
                 raise FileExistsError(str(error)) from None
             raise
         return Stream(self, response.json())
+
+    def save_figure(
+        self, name: str, figure: "matplotlib.figure.Figure", **savefig: Any
+    ) -> "Stream":
+        """Save a matplotlib figure as PNG into a new raw stream ``name`` (as ``upload``);
+        ``savefig`` options (``dpi``...) are passed to ``figure.savefig``."""
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", **savefig)
+        return self.upload(name, buffer.getvalue(), "image/png")
 
     def close(self) -> None:
         self.session.close()
