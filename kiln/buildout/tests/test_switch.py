@@ -1,4 +1,4 @@
-"""kiln:switch on upstream zc.buildout: an instance parameter turns a service's options on or off."""
+"""kiln:switch on upstream zc.buildout: a parameter turns a service's options on or off."""
 
 from __future__ import annotations
 

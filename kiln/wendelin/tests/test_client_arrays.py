@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import dask.array as da
-import matplotlib
 import numpy as np
 import pytest
 import requests
+from matplotlib.figure import Figure  # drawn by Agg: no display needed
 
 from kiln.testing.wendelin import cli
 from kiln.wendelin import client
-
-matplotlib.use("Agg")  # no display in the tests
-from matplotlib.figure import Figure  # noqa: E402  (after choosing the backend)
 
 pytestmark = pytest.mark.integration
 

@@ -129,16 +129,16 @@ def check_jupyterlab_token(root: Path, connection: dict, port: int) -> None:
     assert wrong.status_code == 403
     lab = requests.get(connection["jupyterlab"], params={"token": token}, timeout=10)
     assert lab.status_code == 200 and "JupyterLab" in lab.text
-    assert requests.get(connection["jupyterlab"], timeout=10, allow_redirects=False).status_code in (
-        302,
-        403,
-    )
+    without = requests.get(connection["jupyterlab"], timeout=10, allow_redirects=False)
+    assert without.status_code in (302, 403)  # to the login page, never the lab
+    if without.status_code == 302:
+        assert "/login" in without.headers["Location"]
 
     for status_file in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             assert token not in status_file.read_text(errors="replace")
         except OSError:
             continue  # the process ended while we looked
-    for log in (root / "var" / "log").iterdir():
+    for log in [*(root / "var" / "log").iterdir(), root / "etc" / "supervisord.conf"]:
         assert token not in log.read_text(errors="replace"), log
     assert "token=..." in (root / "var" / "log" / "jupyterlab.log").read_text()
