@@ -113,6 +113,7 @@ class Context:
         name: str,
         data: "np.ndarray | dask.array.Array",
         attributes: dict | None = None,
+        chunk_rows: int | None = None,
         request_bytes: int = REQUEST_BYTES,
     ) -> "Array":
         """Create or replace array ``name`` with ``data``; needs a policy's credentials.
@@ -122,9 +123,17 @@ class Context:
         an array larger than memory is never held at once.  Requests carry at most
         ``request_bytes`` of data.  Each append is atomic for readers, but the whole save is
         not: if it stops half-way, the array holds the rows sent so far (save again).
+        ``chunk_rows``: rows per stored chunk (what ``to_dask`` reads per task); default, the
+        server's choice (chunks of a few MiB).
         """
+        if np.ndim(data) == 0:
+            raise ValueError("an array has at least one dimension: rows go along axis 0")
         path = f"/api/arrays/{quote(name, safe='')}"
-        params = {"attributes": json.dumps(attributes)} if attributes else {}
+        params: dict[str, str | int] = {}
+        if attributes:
+            params["attributes"] = json.dumps(attributes)
+        if chunk_rows is not None:
+            params["chunk_rows"] = chunk_rows
         created = False
         for rows in _row_pieces(data, request_bytes):
             body = _npy_bytes(rows)
@@ -480,10 +489,10 @@ def _npy_bytes(rows: np.ndarray) -> bytes:
 
 def _row_pieces(data: "np.ndarray | dask.array.Array", request_bytes: int) -> Iterable[np.ndarray]:
     """``data`` as consecutive row ranges (axis 0) of at most ``request_bytes`` each (at least
-    one row), computing a Dask array one block of rows at a time.  A 0-d or empty array is one
+    one row), computing a Dask array one block of rows at a time.  An empty array is one
     piece, so that the array is still created."""
     if hasattr(data, "blocks") and hasattr(data, "numblocks"):  # a Dask array
-        if data.ndim == 0 or data.numblocks[0] == 0:
+        if data.numblocks[0] == 0:
             yield np.asarray(data.compute())
             return
         for index in range(data.numblocks[0]):
@@ -493,7 +502,7 @@ def _row_pieces(data: "np.ndarray | dask.array.Array", request_bytes: int) -> It
 
 
 def _split_rows(rows: np.ndarray, request_bytes: int) -> Iterator[np.ndarray]:
-    if rows.ndim == 0 or len(rows) == 0:
+    if len(rows) == 0:
         yield rows
         return
     per_request = max(1, request_bytes // max(1, rows[0].nbytes))
