@@ -25,7 +25,15 @@ from kiln.testing.releases import (
 
 pytestmark = pytest.mark.slow
 
-PARTS = ("python3", "zstd", "supervisor", "kiln", "instance-base", "instance-profile")
+PARTS = (
+    "python3",
+    "zstd",
+    "supervisor",
+    "kiln",
+    "jupyterlab",
+    "instance-base",
+    "instance-profile",
+)
 CHECKED = {"python3": "no-files"}
 
 
@@ -98,6 +106,7 @@ def test_leaf_option_change_rebuilds_only_that_part_and_dependents(
         "zstd": "built",
         "supervisor": "hit",
         "kiln": "hit",
+        "jupyterlab": "hit",
         "instance-base": "hit",
         "instance-profile": "built",  # renders ${zstd:location}
     }
@@ -120,9 +129,16 @@ def test_instance_serves_ingest_with_generated_credentials_and_is_idempotent(
     warm_build: BuildResult, tmp_path: Path
 ) -> None:
     http_port, forward_port = free_ports(2)
-    parameters = {"http-port": str(http_port), "forward-port": str(forward_port)}
+    parameters = {
+        "http-port": str(http_port),
+        "forward-port": str(forward_port),
+        "jupyterlab": "off",  # on: test_tutorial_notebook.py
+    }
     root = tmp_path / "instance"
     with healthy_instance(warm_build.software_dir, root, parameters) as run:
+        assert "jupyterlab" not in (root / "etc" / "supervisord.conf").read_text()
+        connection = json.loads((root / "etc" / "wendelin-connection.json").read_text())
+        assert connection["jupyterlab"] is None
         credentials_file = root / "etc" / "wendelin-default-policy.json"
         assert credentials_file.stat().st_mode & 0o077 == 0
         policy = json.loads(credentials_file.read_text())
