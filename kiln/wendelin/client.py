@@ -95,8 +95,9 @@ class Context:
             if error.response is not None and error.response.status_code == 403:
                 raise ReadOnlyAccount(
                     f"{error}\nSaving needs the credentials of the ingestion policy that owns "
-                    "the array or stream (etc/wendelin-default-policy.json in an instance); "
-                    "a reader's account only reads."
+                    "the array or stream (etc/wendelin-default-policy.json in an instance): a "
+                    "reader's account only reads, and a policy writes only its own arrays and "
+                    "the stream names its tag pattern accepts."
                 ) from None
             raise
 
@@ -185,6 +186,10 @@ class Context:
 
 def connect(url: str, user: str, password: str, ca: str | None = None) -> Context:
     """Log in with a policy's or a reader's credentials (checked right away).
+
+    Both read every stream and array the account may see.  Saving (``save_array``,
+    ``save_figure``, ``upload``) needs an ingestion policy's own credentials: with a reader's
+    the server refuses, and the client raises ``ReadOnlyAccount``.
 
     ``ca``: a PEM file of the certificate(s) to trust for an ``https://`` server whose
     certificate the system does not trust (a self-signed one, say).
