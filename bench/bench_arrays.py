@@ -28,7 +28,6 @@ import asyncio
 import json
 import os
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -79,6 +78,7 @@ def write_stream(root: str, size: int) -> str:
 # The child processes: each prints one JSON line (seconds, peak RSS).
 KILN_FFT = """
 import json, resource, sys, time
+from concurrent.futures import ThreadPoolExecutor
 import dask, dask.array as da, numpy as np
 from kiln.wendelin.arrays import ArrayStore, Provenance
 from kiln.wendelin.streams import StreamStore
@@ -93,8 +93,12 @@ def block(number):
     return np.frombuffer(stream.read(number * BLOCK_BYTES, BLOCK_BYTES), "<i2")
 
 def spectrum(samples):
-    frames = samples.reshape(-1, FRAME).astype(np.float32) * hann
-    return np.abs(np.fft.rfft(frames, axis=1)).astype(np.float32)
+    frames = samples.reshape(-1, FRAME)
+    out = np.empty((len(frames), BINS), np.float32)
+    for first in range(0, len(frames), 256):  # a few MB of temporaries at a time
+        part = frames[first:first + 256].astype(np.float32) * hann
+        out[first:first + 256] = np.abs(np.fft.rfft(part, axis=1))
+    return out
 
 blocks = size // BLOCK_BYTES
 samples = da.concatenate([
@@ -106,11 +110,18 @@ spectra = samples.map_blocks(spectrum, chunks=((frames,) * blocks, (BINS,)), new
 out = ArrayStore(root + "/arrays").create(
     "spectrum", np.float32, inner_shape=(BINS,), chunk_rows=frames,
     source=Provenance("pcm", 0, 0))
-batch = 2
-for first in range(0, blocks, batch):
-    done = dask.compute(*[spectra.blocks[n] for n in range(first, min(first + batch, blocks))])
-    for offset, rows in enumerate(done):
-        out.append(rows, consumed=(first + offset + 1) * BLOCK_BYTES)
+# Dask computes the next blocks while the previous ones are appended (in order).
+batch, writing = 2, None
+with ThreadPoolExecutor(1) as writer:
+    def append(first, done):
+        for offset, rows in enumerate(done):
+            out.append(rows, consumed=(first + offset + 1) * BLOCK_BYTES)
+    for first in range(0, blocks, batch):
+        done = dask.compute(*[spectra.blocks[n] for n in range(first, min(first + batch, blocks))])
+        if writing is not None:
+            writing.result()
+        writing = writer.submit(append, first, done)
+    writing.result()
 seconds = time.perf_counter() - started
 assert out.shape == (blocks * frames, BINS) and out.consumed == size
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -129,7 +140,7 @@ out = np.memmap(out_path, dtype=np.float32, mode="w+", shape=(len(samples) // FR
 for first in range(0, len(samples), step):
     frames = samples[first:first + step].reshape(-1, FRAME).astype(np.float32) * hann
     out[first // FRAME:(first + step) // FRAME] = np.abs(np.fft.rfft(frames, axis=1))
-out.flush()
+out.flush()  # written back, as the array's chunks are
 seconds = time.perf_counter() - started
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({"seconds": seconds, "peak": peak, "bytes": len(samples) * 2}))
@@ -230,7 +241,7 @@ def slice_rows(root: str, flat: str, points: int) -> list[tuple]:
     kiln, base = median(rounds["kiln"]), median(rounds["memmap"])
     return [
         (
-            f"slice reads, {SLICES} x {SLICE_ROWS * 4 >> 20} MiB of a {points // 1_000_000}M-point array",
+            f"slice reads, {SLICES} x {SLICE_ROWS * 4 >> 20} MiB, {points // 1_000_000}M points",
             f"{total / kiln:.0f} MB/s",
             f"{total / base:.0f} MB/s",
             base / kiln,

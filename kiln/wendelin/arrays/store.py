@@ -313,6 +313,8 @@ def check_new_array(
         raise ArrayError(
             f"dtype {dtype.str} cannot be stored: use a bool, integer, float or complex dtype"
         )
+    if dtype.byteorder == ">":  # stored little-endian, as every machine here reads it
+        dtype = dtype.newbyteorder("<")
     inner_shape = tuple(int(size) for size in inner_shape)
     if any(size < 1 for size in inner_shape):
         raise ArrayError(f"inner shape {inner_shape} has an empty dimension")
