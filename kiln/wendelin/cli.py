@@ -14,6 +14,7 @@ from kiln.common.addresses import FORWARD_PORT, WENDELIN_HTTP_PORT, parse_host_p
 from kiln.common.cli import limit_option
 from kiln.wendelin.catalog import AlreadyExists, open_catalog
 from kiln.wendelin.policies import PolicyRegistry, hash_password
+from kiln.wendelin.record_time import TimeKey
 from kiln.wendelin.service import Limits
 
 _LIMITS = Limits()  # the defaults of the serve options that set limits
@@ -162,6 +163,18 @@ def wendelin() -> None:
     "Password checks (scrypt, one at a time) waiting; past it: 503 + Retry-After.",
     minimum=0,
 )
+@click.option(
+    "--time-key",
+    default="time",
+    show_default=True,
+    help="Record key holding the event time on /tags and out_http posts (fluentd in_http's "
+    "time_key): removed from the record and used as its time; '' to stamp arrival times.",
+)
+@click.option(
+    "--keep-time-key",
+    is_flag=True,
+    help="Leave the --time-key field in the record too (fluentd's keep_time_key).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def serve(
     root: str,
@@ -186,6 +199,8 @@ def serve(
     max_page_entries: int,
     cpu_queue: int,
     password_queue: int,
+    time_key: str,
+    keep_time_key: bool,
     verbose: bool,
 ) -> None:
     """Serve HTTP and the forward protocol from one process, with state under --root.
@@ -221,6 +236,7 @@ def serve(
         max_page_entries=max_page_entries,
         cpu_queue=cpu_queue,
         password_queue=password_queue,
+        time_key=TimeKey(time_key or None, keep_time_key),
     )
     try:
         http_address = parse_host_port(listen, WENDELIN_HTTP_PORT)

@@ -8,7 +8,7 @@ import logging
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from aiohttp import web
@@ -16,6 +16,7 @@ from aiohttp import web
 from kiln.common.limits import BoundedExecutor, Busy
 from kiln.wendelin.catalog import Catalog, StreamRecord, open_catalog
 from kiln.wendelin.policies import Policy, PolicyRegistry
+from kiln.wendelin.record_time import TimeKey
 from kiln.wendelin.refusals import Unavailable
 from kiln.wendelin.router import Router
 from kiln.wendelin.stream_reader import StoreReader, StreamReader
@@ -47,6 +48,9 @@ class Limits:
     max_page_entries: int = 100_000  # entries in one page of GET .../entries
     cpu_queue: int = 16  # jobs waiting per worker pool (decompression, large reads)
     password_queue: int = 64  # password checks waiting (about 50 ms each, one at a time)
+    # Not a limit but a server-wide setting of the HTTP record inputs: fluentd in_http's
+    # time_key and keep_time_key (record_time.py).
+    time_key: TimeKey = field(default_factory=TimeKey)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import pytest
 import requests
 
+from kiln.testing.fluentd import fluentd_program  # noqa: F401  (a fixture)
 from kiln.testing.wendelin import ServerProcess, add_policy
 
 
