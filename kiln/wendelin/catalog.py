@@ -1,14 +1,15 @@
-"""The catalog of policies, reader accounts and streams.
+"""The catalog of policies, reader accounts, streams and arrays.
 
 ``Catalog`` is the seam: the service, the policy registry and the CLI only talk to this
 interface, and get the implementation from ``open_catalog``. ``SQLiteCatalog`` is the embedded
-implementation for one machine; a PostgreSQL one can replace it without touching the callers
-(the SQL is plain and the methods are small transactions).
+implementation for one machine (the default); ``catalog_postgres.PostgresCatalog`` keeps the
+same tables in a PostgreSQL database, selected by a ``postgresql://`` URL.
 
-Stream statistics here are a periodically refreshed copy for listing; the stream's own index is
-the authority (see streams.py).
+Stream and array statistics here are a periodically refreshed copy for listing; the stream's
+own index and the array store are the authority (see streams.py).
 """
 
+import json
 import os
 import sqlite3
 import threading
@@ -40,8 +41,26 @@ class StreamRecord:
     last_ingest: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class ArrayRecord:
+    name: str
+    policy: str | None
+    dtype: str  # numpy dtype string, e.g. "<i2"
+    shape: tuple[int, ...]  # stored as JSON text in SQL
+    chunks: tuple[int, ...]  # JSON text
+    attributes: dict  # JSON text
+    source_stream: str | None
+    source_start: int | None
+    source_stop: int | None
+    updated: float
+
+
 class AlreadyExists(ValueError):
     pass
+
+
+class CatalogUnavailable(RuntimeError):
+    """The catalog's database cannot be reached (a server catalog: down, refused, timed out)."""
 
 
 class Catalog(ABC):
@@ -78,6 +97,18 @@ class Catalog(ABC):
         """Every stream recorded, by name."""
 
     @abstractmethod
+    def save_array(self, array: ArrayRecord) -> None:
+        """Record an array's latest description (added or replaced)."""
+
+    @abstractmethod
+    def arrays(self) -> list[ArrayRecord]:
+        """Every array recorded, by name."""
+
+    @abstractmethod
+    def remove_array(self, name: str) -> bool:
+        """Forget an array; False if there was none of that name."""
+
+    @abstractmethod
     def version(self) -> int:
         """A number that changes whenever another connection (the CLI) commits a change, so
         the service knows when to reload policies; cheap, it is asked on every lookup."""
@@ -86,9 +117,28 @@ class Catalog(ABC):
     def close(self) -> None: ...
 
 
-def open_catalog(root: str) -> Catalog:
-    """The catalog of the service whose state is under ``root``: the embedded one."""
-    return SQLiteCatalog(os.path.join(root, "catalog.sqlite"))
+CATALOG_URL_VARIABLE = "WENDELIN_CATALOG"
+PASSWORD_FILE_VARIABLE = "WENDELIN_CATALOG_PASSWORD_FILE"
+
+
+def open_catalog(root: str, url: str | None = None, password_file: str | None = None) -> Catalog:
+    """The catalog of the service whose state is under ``root``.
+
+    ``url`` (default: the environment's WENDELIN_CATALOG): empty for the embedded SQLite file
+    under ``root``, or a ``postgresql://`` URL without a password; the password comes from
+    ``password_file`` (a file only its owner may read; default WENDELIN_CATALOG_PASSWORD_FILE)
+    or from libpq itself (PGPASSWORD, PGPASSFILE, ~/.pgpass). ValueError names a wrong setting.
+    """
+    url = os.environ.get(CATALOG_URL_VARIABLE) if url is None else url
+    password_file = password_file or os.environ.get(PASSWORD_FILE_VARIABLE) or None
+    if not url:
+        if password_file:
+            raise ValueError("a catalog password file is for a postgresql:// catalog only")
+        return SQLiteCatalog(os.path.join(root, "catalog.sqlite"))
+    from kiln.wendelin.catalog_postgres import PostgresCatalog, read_password_file
+
+    password = read_password_file(password_file) if password_file else None
+    return PostgresCatalog(url, password)
 
 
 _SCHEMA = """
@@ -116,7 +166,51 @@ create table if not exists streams (
     last_time real,
     last_ingest real
 );
+create table if not exists arrays (
+    name text primary key,
+    policy text,
+    dtype text not null,
+    shape text not null,
+    chunks text not null,
+    attributes text not null,
+    source_stream text,
+    source_start integer,
+    source_stop integer,
+    updated real not null
+);
 """
+
+
+def array_row(array: ArrayRecord) -> tuple:
+    """An ArrayRecord as the arrays table's columns (tuples and the dict as JSON text)."""
+    return (
+        array.name,
+        array.policy,
+        array.dtype,
+        json.dumps(list(array.shape)),
+        json.dumps(list(array.chunks)),
+        json.dumps(array.attributes),
+        array.source_stream,
+        array.source_start,
+        array.source_stop,
+        array.updated,
+    )
+
+
+def array_of_row(row: tuple | list) -> ArrayRecord:
+    name, policy, dtype, shape, chunks, attributes, stream, start, stop, updated = row
+    return ArrayRecord(
+        name,
+        policy,
+        dtype,
+        tuple(json.loads(shape)),
+        tuple(json.loads(chunks)),
+        json.loads(attributes),
+        stream,
+        start,
+        stop,
+        updated,
+    )
 
 
 class SQLiteCatalog(Catalog):
@@ -190,6 +284,20 @@ class SQLiteCatalog(Catalog):
 
     def streams(self) -> list[StreamRecord]:
         return [StreamRecord(*row) for row in self._run("select * from streams order by name")]
+
+    def save_array(self, array: ArrayRecord) -> None:
+        self._run(
+            "insert or replace into arrays values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", array_row(array)
+        )
+
+    def arrays(self) -> list[ArrayRecord]:
+        return [array_of_row(row) for row in self._run("select * from arrays order by name")]
+
+    def remove_array(self, name: str) -> bool:
+        with self._lock:
+            return (
+                self._connection.execute("delete from arrays where name = ?", (name,)).rowcount > 0
+            )
 
     def version(self) -> int:
         # SQLite's data_version changes when another connection commits, for free.

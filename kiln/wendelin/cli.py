@@ -7,12 +7,20 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Callable
 
 import click
 
 from kiln.common.addresses import FORWARD_PORT, WENDELIN_HTTP_PORT, parse_host_port
 from kiln.common.cli import limit_option
-from kiln.wendelin.catalog import AlreadyExists, open_catalog
+from kiln.wendelin.catalog import (
+    CATALOG_URL_VARIABLE,
+    PASSWORD_FILE_VARIABLE,
+    AlreadyExists,
+    Catalog,
+    CatalogUnavailable,
+    open_catalog,
+)
 from kiln.wendelin.policies import PolicyRegistry, hash_password
 from kiln.wendelin.record_time import TimeKey
 from kiln.wendelin.service import Limits
@@ -28,9 +36,51 @@ ROOT_OPTION = click.option(
 )
 
 
+def _remember(context: click.Context, parameter: click.Parameter, value: object) -> object:
+    context.meta[f"wendelin.{parameter.name}"] = value
+    return value
+
+
+def catalog_options(command: Callable[..., None]) -> Callable[..., None]:
+    """--catalog and --catalog-password-file, for every command that opens the catalog; read
+    by ``open_cli_catalog`` (so the commands' own parameters stay as they are)."""
+    command = click.option(
+        "--catalog-password-file",
+        envvar=PASSWORD_FILE_VARIABLE,
+        type=click.Path(dir_okay=False),
+        expose_value=False,
+        callback=_remember,
+        help="File holding the catalog database's password, readable by its owner only "
+        f"(0600) (env {PASSWORD_FILE_VARIABLE}). Without it libpq looks in PGPASSWORD, "
+        "PGPASSFILE and ~/.pgpass.",
+    )(command)
+    return click.option(
+        "--catalog",
+        envvar=CATALOG_URL_VARIABLE,
+        metavar="URL",
+        expose_value=False,
+        callback=_remember,
+        help="Keep policies, readers and listings in PostgreSQL: a postgresql:// URL without "
+        "a password, e.g. postgresql://wendelin@db.example/wendelin?sslmode=verify-full (env "
+        f"{CATALOG_URL_VARIABLE}). Default: the embedded SQLite file under --root.",
+    )(command)
+
+
+def open_cli_catalog(root: str) -> Catalog:
+    """The catalog that --catalog and --catalog-password-file name; their errors as a
+    one-line message."""
+    meta = click.get_current_context().meta
+    try:
+        return open_catalog(
+            root, meta.get("wendelin.catalog") or "", meta.get("wendelin.catalog_password_file")
+        )
+    except (ValueError, CatalogUnavailable) as problem:
+        raise click.ClickException(str(problem)) from None
+
+
 def _registry(root: str) -> PolicyRegistry:
     private_files(root)
-    return PolicyRegistry(root, open_catalog(root))
+    return PolicyRegistry(root, open_cli_catalog(root))
 
 
 def private_files(root: str) -> None:
@@ -56,6 +106,7 @@ def wendelin() -> None:
 
 @wendelin.command()
 @ROOT_OPTION
+@catalog_options
 @click.option(
     "--listen",
     default=f"127.0.0.1:{WENDELIN_HTTP_PORT}",
@@ -213,6 +264,7 @@ def serve(
     from kiln.wendelin.service import RootInUse
 
     private_files(root)
+    catalog = open_cli_catalog(root)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -252,6 +304,7 @@ def serve(
                 limits,
                 http_tls=tls_context(tls_cert, tls_key),
                 forward_tls=tls_context(forward_tls_cert, forward_tls_key),
+                catalog=catalog,
             )
         )
     except (RootInUse, OSError) as problem:
@@ -265,6 +318,7 @@ def policy() -> None:
 
 @policy.command("add")
 @ROOT_OPTION
+@catalog_options
 @click.argument("name")
 @click.option(
     "--tag-pattern",
@@ -317,6 +371,7 @@ def policy_add(
 
 @policy.command("list")
 @ROOT_OPTION
+@catalog_options
 def policy_list(root: str) -> None:
     """List policies (names, users and tag patterns; never secrets)."""
     for record in _registry(root).catalog.policies():
@@ -335,6 +390,7 @@ def policy_list(root: str) -> None:
 
 @policy.command("remove")
 @ROOT_OPTION
+@catalog_options
 @click.argument("name")
 def policy_remove(root: str, name: str) -> None:
     """Remove policy NAME: its credentials stop working; its streams stay."""
@@ -349,6 +405,7 @@ def reader() -> None:
 
 @reader.command("add")
 @ROOT_OPTION
+@catalog_options
 @click.argument("name")
 def reader_add(root: str, name: str) -> None:
     """Create reader NAME and print its generated password."""
@@ -369,6 +426,7 @@ def stream() -> None:
 
 @stream.command("list")
 @ROOT_OPTION
+@catalog_options
 def stream_list(root: str) -> None:
     """Streams with sizes, entry counts and times (as of the service's last catalog sync)."""
     for record in _registry(root).catalog.streams():

@@ -11,6 +11,7 @@ from kiln.common.connection_limits import ConnectionCap, capped_protocol
 from kiln.common.serving import raise_open_file_limit, replace_server_banner
 from kiln.wendelin import api
 from kiln.wendelin import web as pages
+from kiln.wendelin.catalog import Catalog
 from kiln.wendelin.httputil import SERVICE, credentials, failures, same_origin
 from kiln.wendelin.inputs import forms, http_ingest, stream_api
 from kiln.wendelin.inputs.forward import ForwardServer
@@ -62,12 +63,13 @@ async def serve(
     limits: Limits,
     http_tls: ssl.SSLContext | None = None,
     forward_tls: ssl.SSLContext | None = None,
+    catalog: Catalog | None = None,
 ) -> None:
     # on_response_prepare (pages.security_headers) never sees the 400 aiohttp writes itself
     # for a malformed request: those take the process-wide banner, which carried the versions.
     replace_server_banner("wendelin")
     log.info("open files limit: %d", raise_open_file_limit())
-    service = Service(root, limits)
+    service = Service(root, limits, catalog)
     runner = web.AppRunner(
         make_app(service), access_log_format=ACCESS_LOG_FORMAT, handle_signals=False
     )

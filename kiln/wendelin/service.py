@@ -77,7 +77,7 @@ class Service:
         os.makedirs(self.root, exist_ok=True)
         self._lock = _lock_root(self.root)
         self.limits = limits or Limits()
-        # The embedded default; any Catalog (a PostgreSQL one later) can be passed instead.
+        # The embedded default; any Catalog (catalog_postgres.PostgresCatalog) can be passed.
         self.catalog = catalog or open_catalog(self.root)
         self.policies = PolicyRegistry(self.root, self.catalog)
         self._store = StreamStore(
@@ -172,9 +172,14 @@ class Service:
 
     def sync_catalog(self) -> None:
         """Copy live stream statistics into the catalog, for listings from other processes."""
+        self._save_streams(self._stream_records())
+        self._store.prune_dedup()
+
+    def _stream_records(self) -> list[StreamRecord]:
+        records = []
         for stream in self.streams:
             stats = stream.stats
-            self.catalog.save_stream(
+            records.append(
                 StreamRecord(
                     stream.name,
                     stream.policy,
@@ -186,13 +191,20 @@ class Service:
                     None if math.isnan(stats.last_ingest) else stats.last_ingest,
                 )
             )
-        self._store.prune_dedup()
+        return records
+
+    def _save_streams(self, records: list[StreamRecord]) -> None:
+        for record in records:
+            self.catalog.save_stream(record)
 
     async def sync_catalog_forever(self, period: float = 5.0) -> None:
         while True:
             await asyncio.sleep(period)
             try:
-                self.sync_catalog()
+                # The statistics are read on the event loop, where they change; the writes
+                # (an fsync each for SQLite, a round trip each for PostgreSQL) go to a thread.
+                await asyncio.to_thread(self._save_streams, self._stream_records())
+                self._store.prune_dedup()
             except Exception:
                 log.exception("catalog sync failed; retrying in %s s", period)
 
