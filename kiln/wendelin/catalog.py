@@ -1,12 +1,13 @@
-"""The catalog of policies, reader accounts, streams and arrays.
+"""The catalog of policies, reader accounts, streams and data arrays.
 
 ``Catalog`` is the seam: the service, the policy registry and the CLI only talk to this
 interface, and get the implementation from ``open_catalog``. ``SQLiteCatalog`` is the embedded
-implementation for one machine (the default); ``catalog_postgres.PostgresCatalog`` keeps the
-same tables in a PostgreSQL database, selected by a ``postgresql://`` URL.
+implementation for one machine; a PostgreSQL one can replace it without touching the callers
+(the SQL is plain and the methods are small transactions).
 
-Stream and array statistics here are a periodically refreshed copy for listing; the stream's
-own index and the array store are the authority (see streams.py).
+Stream statistics and array descriptions here are a periodically refreshed copy for listing;
+the stream's own index and the array's Zarr metadata are the authority (see streams.py and
+arrays/store.py).
 """
 
 import json
@@ -98,7 +99,7 @@ class Catalog(ABC):
 
     @abstractmethod
     def save_array(self, array: ArrayRecord) -> None:
-        """Record an array's latest description (added or replaced)."""
+        """Record a data array's latest description (added or replaced)."""
 
     @abstractmethod
     def arrays(self) -> list[ArrayRecord]:
@@ -181,38 +182,6 @@ create table if not exists arrays (
 """
 
 
-def array_row(array: ArrayRecord) -> tuple:
-    """An ArrayRecord as the arrays table's columns (tuples and the dict as JSON text)."""
-    return (
-        array.name,
-        array.policy,
-        array.dtype,
-        json.dumps(list(array.shape)),
-        json.dumps(list(array.chunks)),
-        json.dumps(array.attributes),
-        array.source_stream,
-        array.source_start,
-        array.source_stop,
-        array.updated,
-    )
-
-
-def array_of_row(row: tuple | list) -> ArrayRecord:
-    name, policy, dtype, shape, chunks, attributes, stream, start, stop, updated = row
-    return ArrayRecord(
-        name,
-        policy,
-        dtype,
-        tuple(json.loads(shape)),
-        tuple(json.loads(chunks)),
-        json.loads(attributes),
-        stream,
-        start,
-        stop,
-        updated,
-    )
-
-
 class SQLiteCatalog(Catalog):
     """The embedded catalog: one SQLite file in WAL mode, shared by the service and the CLI."""
 
@@ -287,17 +256,39 @@ class SQLiteCatalog(Catalog):
 
     def save_array(self, array: ArrayRecord) -> None:
         self._run(
-            "insert or replace into arrays values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", array_row(array)
+            "insert or replace into arrays values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                array.name,
+                array.policy,
+                array.dtype,
+                json.dumps(list(array.shape)),
+                json.dumps(list(array.chunks)),
+                json.dumps(array.attributes),
+                array.source_stream,
+                array.source_start,
+                array.source_stop,
+                array.updated,
+            ),
         )
 
     def arrays(self) -> list[ArrayRecord]:
-        return [array_of_row(row) for row in self._run("select * from arrays order by name")]
+        return [
+            ArrayRecord(
+                row[0],
+                row[1],
+                row[2],
+                tuple(json.loads(row[3])),
+                tuple(json.loads(row[4])),
+                json.loads(row[5]),
+                *row[6:],
+            )
+            for row in self._run("select * from arrays order by name")
+        ]
 
     def remove_array(self, name: str) -> bool:
         with self._lock:
-            return (
-                self._connection.execute("delete from arrays where name = ?", (name,)).rowcount > 0
-            )
+            cursor = self._connection.execute("delete from arrays where name = ?", (name,))
+            return cursor.rowcount > 0
 
     def version(self) -> int:
         # SQLite's data_version changes when another connection commits, for free.

@@ -11,11 +11,10 @@ from kiln.common.connection_limits import ConnectionCap, capped_protocol
 from kiln.common.serving import raise_open_file_limit, replace_server_banner
 from kiln.wendelin import api
 from kiln.wendelin import web as pages
-from kiln.wendelin.catalog import Catalog
 from kiln.wendelin.httputil import SERVICE, credentials, failures, same_origin
 from kiln.wendelin.inputs import forms, http_ingest, stream_api
 from kiln.wendelin.inputs.forward import ForwardServer
-from kiln.wendelin.service import Limits, Service
+from kiln.wendelin.service import Catalog, Limits, Service
 
 log = logging.getLogger(__name__)
 ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'

@@ -45,12 +45,12 @@ class Limits:
     max_streams_per_policy: int = 1_000  # streams one policy may create
     max_open_streams: int = 256  # streams whose files are open at once (an LRU)
     max_record_depth: int = 64  # nesting of maps and arrays in an accepted record
+    # Not a limit but a setting of the HTTP record inputs (/tags, out_http's records): fluentd
+    # in_http's time_key and keep_time_key (record_time.py).
+    time_key: TimeKey = field(default_factory=TimeKey)
     max_page_entries: int = 100_000  # entries in one page of GET .../entries
     cpu_queue: int = 16  # jobs waiting per worker pool (decompression, large reads)
     password_queue: int = 64  # password checks waiting (about 50 ms each, one at a time)
-    # Not a limit but a server-wide setting of the HTTP record inputs: fluentd in_http's
-    # time_key and keep_time_key (record_time.py).
-    time_key: TimeKey = field(default_factory=TimeKey)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,14 +172,9 @@ class Service:
 
     def sync_catalog(self) -> None:
         """Copy live stream statistics into the catalog, for listings from other processes."""
-        self._save_streams(self._stream_records())
-        self._store.prune_dedup()
-
-    def _stream_records(self) -> list[StreamRecord]:
-        records = []
         for stream in self.streams:
             stats = stream.stats
-            records.append(
+            self.catalog.save_stream(
                 StreamRecord(
                     stream.name,
                     stream.policy,
@@ -191,20 +186,13 @@ class Service:
                     None if math.isnan(stats.last_ingest) else stats.last_ingest,
                 )
             )
-        return records
-
-    def _save_streams(self, records: list[StreamRecord]) -> None:
-        for record in records:
-            self.catalog.save_stream(record)
+        self._store.prune_dedup()
 
     async def sync_catalog_forever(self, period: float = 5.0) -> None:
         while True:
             await asyncio.sleep(period)
             try:
-                # The statistics are read on the event loop, where they change; the writes
-                # (an fsync each for SQLite, a round trip each for PostgreSQL) go to a thread.
-                await asyncio.to_thread(self._save_streams, self._stream_records())
-                self._store.prune_dedup()
+                self.sync_catalog()
             except Exception:
                 log.exception("catalog sync failed; retrying in %s s", period)
 
