@@ -13,18 +13,12 @@ import click
 from kiln.common.addresses import FORWARD_PORT, WENDELIN_HTTP_PORT, parse_host_port
 from kiln.common.cli import limit_option
 from kiln.wendelin.catalog import AlreadyExists, open_catalog
+from kiln.wendelin.options import ROOT_OPTION
 from kiln.wendelin.policies import PolicyRegistry, hash_password
 from kiln.wendelin.service import Limits
+from kiln.wendelin.transform import cli as transform_cli
 
 _LIMITS = Limits()  # the defaults of the serve options that set limits
-
-ROOT_OPTION = click.option(
-    "--root",
-    type=click.Path(file_okay=False),
-    envvar="WENDELIN_ROOT",
-    required=True,
-    help="Directory holding the catalog, secrets and streams (env WENDELIN_ROOT).",
-)
 
 
 def _registry(root: str) -> PolicyRegistry:
@@ -326,6 +320,9 @@ def policy_remove(root: str, name: str) -> None:
         raise click.ClickException(f"no policy named {name!r}")
 
 
+policy.add_command(transform_cli.policy_transform)
+
+
 @wendelin.group()
 def reader() -> None:
     """Reader accounts: read every stream (API, web pages, Python client), write none."""
@@ -367,3 +364,7 @@ def _iso(seconds: float | None) -> str:
     if seconds is None or math.isnan(seconds):
         return "-"
     return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat(timespec="milliseconds")
+
+
+wendelin.add_command(transform_cli.transform)
+wendelin.add_command(transform_cli.status)
