@@ -156,6 +156,18 @@ def wendelin() -> None:
     "Password checks (scrypt, one at a time) waiting; past it: 503 + Retry-After.",
     minimum=0,
 )
+@click.option(
+    "--dask-scheduler",
+    envvar="WENDELIN_DASK_SCHEDULER",
+    help="tcp://HOST:PORT of a dask.distributed scheduler to run transformations on (needs "
+    "the 'distributed' extra); by default Dask threads in this process (env "
+    "WENDELIN_DASK_SCHEDULER).",
+)
+@limit_option(
+    "--transform-batch-mib",
+    16,
+    "Stream bytes one transformation step reads (bounds its memory); see `transform --help`.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def serve(
     root: str,
@@ -180,6 +192,8 @@ def serve(
     max_page_entries: int,
     cpu_queue: int,
     password_queue: int,
+    dask_scheduler: str | None,
+    transform_batch_mib: int,
     verbose: bool,
 ) -> None:
     """Serve HTTP and the forward protocol from one process, with state under --root.
@@ -190,6 +204,7 @@ def serve(
     from kiln.wendelin.server import serve as run
     from kiln.wendelin.server import tls_context
     from kiln.wendelin.service import RootInUse
+    from kiln.wendelin.transform.runner import TransformSettings
 
     private_files(root)
     logging.basicConfig(
@@ -230,6 +245,9 @@ def serve(
                 limits,
                 http_tls=tls_context(tls_cert, tls_key),
                 forward_tls=tls_context(forward_tls_cert, forward_tls_key),
+                transforms=TransformSettings(
+                    scheduler_address=dask_scheduler, batch_bytes=transform_batch_mib << 20
+                ),
             )
         )
     except (RootInUse, OSError) as problem:

@@ -16,6 +16,7 @@ from kiln.wendelin import chunks, plot
 from kiln.wendelin.api import describe, to_json_entry
 from kiln.wendelin.httputil import readable_stream, require_account, service_of
 from kiln.wendelin.stream_reader import RAW, StreamReader
+from kiln.wendelin.transform import web as transform_web
 
 LATEST_ENTRIES = 50
 _STYLE = """
@@ -104,6 +105,7 @@ async def index(request: web.Request) -> web.Response:
         "<th>last ingest</th></tr>"
         + ("".join(stream_rows) or "<tr><td colspan=8 class=muted>no streams yet</td></tr>")
         + "</table>"
+        + transform_web.section(request, account)
         + upload
     )
     return _page("Policies and data streams", body)
