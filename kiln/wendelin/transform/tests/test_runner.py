@@ -165,14 +165,14 @@ def test_records_into_columns_and_a_bad_value_fails_keeping_the_rows(bench: Benc
 
 
 def test_big_batches_are_cut_inside_entries_and_resumed(tmp_path) -> None:
-    bench = Bench(str(tmp_path), batch_bytes=100)  # smaller than one chunk of entries
+    bench = Bench(str(tmp_path), batch_bytes=300)  # smaller than one chunk of entries
     try:
-        records = [{"value": number} for number in range(500)]
+        records = [{"value": number} for number in range(150)]
         bench.ingest("sensor", record_chunk(records))
         bench.declare(Declaration("sensor", "records", "sensor.columns"))
         bench.catch_up()
         array = bench.arrays.open("sensor.columns")
-        np.testing.assert_array_equal(array[:, 1], np.arange(500))
+        np.testing.assert_array_equal(array[:, 1], np.arange(150))
         assert array.consumed == bench.streams.get("sensor").stats.size
     finally:
         bench.close()
