@@ -63,7 +63,8 @@ def declare(root: str) -> dict[str, str]:
     cli("policy", "transform", "add", "--root", root, "audio", "--stream-pattern", "audio.*",
         "--kind", "wav-pcm")  # fmt: skip
     cli("transform", "run", "--root", root, "audio.mic", "--kind", "wav-spectrum",
-        "--output", "mic.spectrum", "--channel", "1", "--window", str(WINDOW), "--hop", str(HOP))  # fmt: skip
+        "--output", "mic.spectrum", "--channel", "1",
+        "--window", str(WINDOW), "--hop", str(HOP))  # fmt: skip
     return credentials
 
 

@@ -1,6 +1,7 @@
 """Transformations in one process, over real streams and arrays on disk (no server)."""
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -82,7 +83,7 @@ def test_wav_in_pieces_equals_one_computation(bench: Bench) -> None:
     )
     # The header alone first, then pieces that end inside frames (torn last chunks).
     cuts = [0, 30, 44, 1001, 1003, 5555, 9999, len(blob)]
-    for start, stop in zip(cuts, cuts[1:], strict=False):
+    for start, stop in itertools.pairwise(cuts):
         bench.upload("mic", blob[start:stop])
         statuses = bench.catch_up()
         pcm = bench.arrays.open("mic.pcm") if stop > 44 else None
