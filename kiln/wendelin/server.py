@@ -2,7 +2,6 @@
 
 import asyncio
 import logging
-import os
 import signal
 import ssl
 
@@ -12,7 +11,7 @@ from kiln.common.connection_limits import ConnectionCap, capped_protocol
 from kiln.common.serving import raise_open_file_limit, replace_server_banner
 from kiln.wendelin import api
 from kiln.wendelin import web as pages
-from kiln.wendelin.arrays.store import ArrayStore
+from kiln.wendelin.arrays import api as array_api
 from kiln.wendelin.httputil import SERVICE, credentials, failures, same_origin
 from kiln.wendelin.inputs import forms, http_ingest, stream_api
 from kiln.wendelin.inputs.forward import ForwardServer
@@ -47,6 +46,7 @@ def make_app(service: Service) -> web.Application:
     stream_api.add_routes(app)
     forms.add_routes(app)
     api.add_routes(app)
+    array_api.add_routes(app)
     pages.add_routes(app)
     return app
 
@@ -73,7 +73,7 @@ async def serve(
     replace_server_banner("wendelin")
     log.info("open files limit: %d", raise_open_file_limit())
     service = Service(root, limits)
-    transformer = Runner(service.root, service.streams, _arrays_of(service), transforms)
+    transformer = Runner(service.root, service.streams, service.arrays, transforms)
     app = make_app(service)
     transform_web.attach(app, transformer)
     runner = web.AppRunner(app, access_log_format=ACCESS_LOG_FORMAT, handle_signals=False)
@@ -129,10 +129,3 @@ async def serve(
     http_server.close()
     await runner.cleanup()
     log.info("stopped")
-
-
-def _arrays_of(service: Service) -> ArrayStore:
-    """The service's array store (``Service.arrays``, <root>/arrays), opened here if this
-    version of the service does not hold one yet."""
-    arrays = getattr(service, "arrays", None)
-    return arrays if arrays is not None else ArrayStore(os.path.join(service.root, "arrays"))

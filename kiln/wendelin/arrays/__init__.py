@@ -8,6 +8,7 @@ from kiln.wendelin.arrays.store import (
     UnknownArray,
     Window,
     check_array_name,
+    check_new_array,
 )
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "UnknownArray",
     "Window",
     "check_array_name",
+    "check_new_array",
 ]

@@ -213,19 +213,7 @@ class ArrayStore:
     ) -> DataArray:
         """An empty array of rows shaped ``inner_shape``; with ``exist_ok``, the existing one
         (if its dtype and inner shape are these)."""
-        check_array_name(name)
-        try:
-            dtype = np.dtype(dtype)
-        except TypeError as bad:
-            raise ArrayError(f"{dtype!r} is not a dtype: {bad}") from None
-        if dtype.kind not in NUMERIC_KINDS or dtype.fields is not None or dtype.subdtype:
-            raise ArrayError(
-                f"dtype {dtype.str} cannot be stored: use a bool, integer, float or complex dtype"
-            )
-        inner_shape = tuple(int(size) for size in inner_shape)
-        if any(size < 1 for size in inner_shape):
-            raise ArrayError(f"inner shape {inner_shape} has an empty dimension")
-        attributes = _user_attributes(attributes or {})
+        dtype, inner_shape, attributes = check_new_array(name, dtype, inner_shape, attributes)
         with self._lock(name):
             if self._exists(name):
                 if not exist_ok:
@@ -303,6 +291,25 @@ class ArrayStore:
             # The commit point first: the array is gone at once for readers.
             sync(self.store.delete(f"{name}/{DATA}/{METADATA}"))
             sync(self.store.delete_dir(name))
+
+
+def check_new_array(
+    name: str, dtype: np.typing.DTypeLike, inner_shape: tuple[int, ...], attributes: dict | None
+) -> tuple[np.dtype, tuple[int, ...], dict]:
+    """What ``create`` checks, for a caller that must know before it changes anything."""
+    check_array_name(name)
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError as bad:
+        raise ArrayError(f"{dtype!r} is not a dtype: {bad}") from None
+    if dtype.kind not in NUMERIC_KINDS or dtype.fields is not None or dtype.subdtype:
+        raise ArrayError(
+            f"dtype {dtype.str} cannot be stored: use a bool, integer, float or complex dtype"
+        )
+    inner_shape = tuple(int(size) for size in inner_shape)
+    if any(size < 1 for size in inner_shape):
+        raise ArrayError(f"inner shape {inner_shape} has an empty dimension")
+    return dtype, inner_shape, _user_attributes(attributes or {})
 
 
 def _user_attributes(attributes: dict) -> dict:
