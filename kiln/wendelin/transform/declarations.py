@@ -109,11 +109,11 @@ def changing(root: str) -> Iterator[Declared]:
 
 def check(declaration: Declaration) -> None:
     """TransformError if the declaration cannot run (bad kind, params or names)."""
-    for name in (declaration.stream, declaration.output):
+    for what, name in (("stream", declaration.stream), ("output", declaration.output)):
         try:
-            check_stream_name(name)
+            check_stream_name(name)  # arrays follow the stream-name rules too
         except ValueError as problem:
-            raise TransformError(str(problem)) from None
+            raise TransformError(f"{what}: {problem}") from None
     from kiln.wendelin.transform.kinds import transformation  # numpy: only when checking
 
     transformation(declaration)
