@@ -14,19 +14,13 @@ from kiln.common.addresses import FORWARD_PORT, WENDELIN_HTTP_PORT, parse_host_p
 from kiln.common.cli import limit_option
 from kiln.wendelin.catalog import AlreadyExists
 from kiln.wendelin.catalog_options import catalog_options, open_cli_catalog
+from kiln.wendelin.options import ROOT_OPTION
 from kiln.wendelin.policies import PolicyRegistry, hash_password
 from kiln.wendelin.record_time import TimeKey
 from kiln.wendelin.service import Limits
+from kiln.wendelin.transform import cli as transform_cli
 
 _LIMITS = Limits()  # the defaults of the serve options that set limits
-
-ROOT_OPTION = click.option(
-    "--root",
-    type=click.Path(file_okay=False),
-    envvar="WENDELIN_ROOT",
-    required=True,
-    help="Directory holding the catalog, secrets and streams (env WENDELIN_ROOT).",
-)
 
 
 def _registry(root: str) -> PolicyRegistry:
@@ -153,6 +147,26 @@ def wendelin() -> None:
     "Entries in one page of GET /api/streams/<name>/entries (more: X-Next-Start).",
 )
 @limit_option(
+    "--max-slice-mib",
+    _LIMITS.max_slice_bytes >> 20,
+    "Largest slice of an array in one GET /api/arrays/<name>/data (.npy); more: 413.",
+)
+@limit_option(
+    "--max-json-values",
+    _LIMITS.max_json_values,
+    "Values in one array slice asked as JSON (about 20 bytes each); more: 413.",
+)
+@limit_option(
+    "--max-window-buckets",
+    _LIMITS.max_window_buckets,
+    "Buckets of one GET /api/arrays/<name>/window; more: 400.",
+)
+@limit_option(
+    "--max-array-upload-mib",
+    _LIMITS.max_array_upload_bytes >> 20,
+    "Largest .npy body of an array PUT or append (held in memory to check); more: 413.",
+)
+@limit_option(
     "--cpu-queue",
     _LIMITS.cpu_queue,
     "Jobs waiting per worker pool (decompression, large reads); past it: 503 + "
@@ -177,6 +191,18 @@ def wendelin() -> None:
     is_flag=True,
     help="Leave the --time-key field in the record too (fluentd's keep_time_key).",
 )
+@click.option(
+    "--dask-scheduler",
+    envvar="WENDELIN_DASK_SCHEDULER",
+    help="tcp://HOST:PORT of a dask.distributed scheduler to run transformations on (needs "
+    "the 'distributed' extra); by default Dask threads in this process (env "
+    "WENDELIN_DASK_SCHEDULER).",
+)
+@limit_option(
+    "--transform-batch-mib",
+    16,
+    "Stream bytes one transformation step reads (bounds its memory); see `transform --help`.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def serve(
     root: str,
@@ -199,10 +225,16 @@ def serve(
     max_open_streams: int,
     max_record_depth: int,
     max_page_entries: int,
+    max_slice_mib: int,
+    max_json_values: int,
+    max_window_buckets: int,
+    max_array_upload_mib: int,
     cpu_queue: int,
     password_queue: int,
     time_key: str,
     keep_time_key: bool,
+    dask_scheduler: str | None,
+    transform_batch_mib: int,
     verbose: bool,
 ) -> None:
     """Serve HTTP and the forward protocol from one process, with state under --root.
@@ -213,6 +245,7 @@ def serve(
     from kiln.wendelin.server import serve as run
     from kiln.wendelin.server import tls_context
     from kiln.wendelin.service import RootInUse
+    from kiln.wendelin.transform.runner import TransformSettings
 
     private_files(root)
     catalog = open_cli_catalog(root)
@@ -237,6 +270,10 @@ def serve(
         max_open_streams=max_open_streams,
         max_record_depth=max_record_depth,
         max_page_entries=max_page_entries,
+        max_slice_bytes=max_slice_mib << 20,
+        max_json_values=max_json_values,
+        max_window_buckets=max_window_buckets,
+        max_array_upload_bytes=max_array_upload_mib << 20,
         cpu_queue=cpu_queue,
         password_queue=password_queue,
         time_key=TimeKey(time_key or None, keep_time_key),
@@ -256,6 +293,9 @@ def serve(
                 http_tls=tls_context(tls_cert, tls_key),
                 forward_tls=tls_context(forward_tls_cert, forward_tls_key),
                 catalog=catalog,
+                transforms=TransformSettings(
+                    scheduler_address=dask_scheduler, batch_bytes=transform_batch_mib << 20
+                ),
             )
         )
     except (RootInUse, OSError) as problem:
@@ -349,6 +389,9 @@ def policy_remove(root: str, name: str) -> None:
         raise click.ClickException(f"no policy named {name!r}")
 
 
+policy.add_command(transform_cli.policy_transform)
+
+
 @wendelin.group()
 def reader() -> None:
     """Reader accounts: read every stream (API, web pages, Python client), write none."""
@@ -392,3 +435,7 @@ def _iso(seconds: float | None) -> str:
     if seconds is None or math.isnan(seconds):
         return "-"
     return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat(timespec="milliseconds")
+
+
+wendelin.add_command(transform_cli.transform)
+wendelin.add_command(transform_cli.status)

@@ -1,4 +1,4 @@
-"""Web pages on the same server: policies and streams, and one page per stream.
+"""Web pages on the same server: policies, streams and arrays, and one page per stream.
 
 Plain server-rendered HTML (no script needed), behind the same HTTP Basic accounts as the API.
 The pages only read; their forms post to an input (``inputs.forms``), which redirects (303)
@@ -15,7 +15,9 @@ from aiohttp import web
 from kiln.wendelin import chunks, plot
 from kiln.wendelin.api import describe, to_json_entry
 from kiln.wendelin.httputil import readable_stream, require_account, service_of
+from kiln.wendelin.service import Account, Service
 from kiln.wendelin.stream_reader import RAW, StreamReader
+from kiln.wendelin.transform import web as transform_web
 
 LATEST_ENTRIES = 50
 _STYLE = """
@@ -104,9 +106,30 @@ async def index(request: web.Request) -> web.Response:
         "<th>last ingest</th></tr>"
         + ("".join(stream_rows) or "<tr><td colspan=8 class=muted>no streams yet</td></tr>")
         + "</table>"
+        + _array_table(service, account)
+        + transform_web.section(request, account)
         + upload
     )
     return _page("Policies and data streams", body)
+
+
+def _array_table(service: Service, account: Account) -> str:
+    """The data arrays, from the catalog's copy (refreshed on every write and every few
+    seconds): listing them from their Zarr metadata would block the event loop."""
+    rows = [
+        f"<tr><td><a href='/api/arrays/{html.escape(array.name)}'>{html.escape(array.name)}"
+        f"</a></td><td>{html.escape(array.policy or '')}</td><td><code>{array.dtype}</code></td>"
+        f"<td class=n>{' × '.join(map(str, array.shape))}</td>"
+        f"<td>{html.escape(array.source_stream or '')}</td><td>{_when(array.updated)}</td></tr>"
+        for array in service.catalog.arrays()
+        if account.policy is None or array.policy == account.policy.name
+    ]
+    return (
+        "<h2>Data arrays</h2><table><tr><th>array</th><th>policy</th><th>dtype</th>"
+        "<th>shape</th><th>source stream</th><th>updated</th></tr>"
+        + ("".join(rows) or "<tr><td colspan=6 class=muted>no arrays yet</td></tr>")
+        + "</table>"
+    )
 
 
 def _key(value: float) -> float:
