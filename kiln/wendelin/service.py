@@ -70,7 +70,7 @@ class Account:
     def may_read(self, stream: StreamReader) -> bool:
         return self.policy is None or stream.policy == self.policy.name
 
-    def may_write(self, stream: StreamReader | DataArray) -> bool:
+    def may_write(self, stream: StreamReader) -> bool:
         return self.policy is not None and stream.policy == self.policy.name
 
     def may_read_array(self, array: DataArray) -> bool:
@@ -208,14 +208,15 @@ class Service:
     def sync_array_catalog(self) -> None:
         """Copy every array's description into the catalog, and forget removed ones (reads
         each array's metadata: in a worker thread)."""
-        names = set(self.arrays.names())
-        for name in names:
+        present = set()
+        for name in self.arrays.names():
             try:
                 self.save_array_record(self.arrays.open(name))
             except UnknownArray:  # removed meanwhile
-                names.discard(name)
+                continue
+            present.add(name)
         for record in self.catalog.arrays():
-            if record.name not in names:
+            if record.name not in present:
                 self.catalog.remove_array(record.name)
 
     def save_array_record(self, array: DataArray) -> None:

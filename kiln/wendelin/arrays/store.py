@@ -55,7 +55,11 @@ KILN = "kiln"
 FACTOR = 8
 LEVELS = 12  # 8**12 rows in a block: beyond any array one machine appends to
 LEVEL_ROWS = 2**53  # the fixed length of every level array (only the committed part is read)
-LEVEL_CHUNK = 1 << 16  # blocks per chunk of a level array
+LEVEL_CHUNK_BYTES = 256 << 10  # small chunks: a window reads a few thousand entries
+# Columns of a 2-D array kept in the pyramid: its tail (2 values per column and level) is in
+# every commit's metadata. Wider arrays (spectra) have windows of raw rows only.
+PYRAMID_COLUMNS = 32
+WINDOW_RAW_ROWS = 1 << 20  # rows a window may read raw, for arrays without a pyramid
 # Default chunk size along axis 0: rows of about this many bytes, uncompressed, so that reads
 # run at disk speed (sensor and audio samples barely compress).
 CHUNK_BYTES = 4 << 20
@@ -229,7 +233,10 @@ class ArrayStore:
             rows = chunk_rows or max(1, CHUNK_BYTES // row_bytes)
             if rows < 1:
                 raise ArrayError(f"chunk_rows must be at least 1, not {rows}")
-            pyramid = dtype.kind in PYRAMID_KINDS and len(inner_shape) <= 1
+            pyramid = dtype.kind in PYRAMID_KINDS and (
+                inner_shape == () or (len(inner_shape) == 1 and inner_shape[0] <= PYRAMID_COLUMNS)
+            )
+            level_chunk = max(1, LEVEL_CHUNK_BYTES // (2 * row_bytes))
             kiln = {
                 "policy": policy,
                 "source": None if source is None else [source.stream, source.start, source.stop],
@@ -245,7 +252,7 @@ class ArrayStore:
                         self.store,
                         name=f"{name}/{PYRAMID}/{level}",
                         shape=(LEVEL_ROWS, 2, *inner_shape),
-                        chunks=(LEVEL_CHUNK, 2, *inner_shape),
+                        chunks=(level_chunk, 2, *inner_shape),
                         dtype=dtype,
                         compressors=None,
                         fill_value=0,
@@ -306,6 +313,8 @@ def check_new_array(
         raise ArrayError(
             f"dtype {dtype.str} cannot be stored: use a bool, integer, float or complex dtype"
         )
+    if dtype.byteorder == ">":  # stored little-endian, as every machine here reads it
+        dtype = dtype.newbyteorder("<")
     inner_shape = tuple(int(size) for size in inner_shape)
     if any(size < 1 for size in inner_shape):
         raise ArrayError(f"inner shape {inner_shape} has an empty dimension")
@@ -377,10 +386,65 @@ class DataArray:
 
     # Reading.
     def __getitem__(self, selection: Any) -> np.ndarray:
+        rows = self._row_range(selection)
+        if rows is not None:
+            return self._read_rows(*rows)
         try:
             return self._array[selection]
         except (IndexError, TypeError, ValueError) as bad:
             raise ArrayError(f"cannot select {selection!r} in shape {self.shape}: {bad}") from None
+
+    def _row_range(self, selection: Any) -> tuple[int, int] | None:
+        """(start, stop) if ``selection`` is whole rows [start:stop] of a local, uncompressed
+        array (the common read, served by ``_read_rows``); None for anything else."""
+        parts = selection if isinstance(selection, tuple) else (selection,)
+        store = self._store.store
+        if (
+            not isinstance(store, DurableLocalStore)
+            or not parts
+            or not isinstance(parts[0], slice)
+            or any(part != slice(None) for part in parts[1:])
+            or len(parts) > len(self.shape)
+            or parts[0].step not in (None, 1)
+            or self.dtype.byteorder == ">"
+            or self.chunks[1:] != self.shape[1:]
+            or [codec.to_dict()["name"] for codec in self._array.metadata.codecs] != ["bytes"]
+        ):
+            return None
+        start, stop, _ = parts[0].indices(self.shape[0])
+        return start, max(start, stop)
+
+    def _read_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) read from the chunk files straight into the result: one copy,
+        as a memory map would make (Zarr's reader copies each chunk twice). Uncompressed
+        chunks with the ``bytes`` codec are the rows in C order, so a row range of a chunk is
+        one byte range of its file. A missing chunk was never written: the fill value."""
+        result = np.empty((stop - start, *self.shape[1:]), self.dtype)
+        if start == stop:
+            return result
+        flat = result.reshape(stop - start, -1).view(np.uint8)
+        row_bytes = flat.shape[1]
+        rows_per_chunk = self.chunks[0]
+        directory = self._store.store.root / self.name / DATA / "c"
+        inner = "/0" * (len(self.shape) - 1)
+        row = start
+        while row < stop:
+            number, offset = divmod(row, rows_per_chunk)
+            count = min(stop - row, rows_per_chunk - offset)
+            target = memoryview(flat[row - start : row - start + count]).cast("B")
+            try:
+                with open(f"{directory}/{number}{inner}", "rb", buffering=0) as chunk:
+                    chunk.seek(offset * row_bytes)
+                    done = 0
+                    while done < len(target):
+                        got = chunk.readinto(target[done:])
+                        if not got:
+                            raise ArrayError(f"chunk {number} of array {self.name!r} is short")
+                        done += got
+            except FileNotFoundError:
+                result[row - start : row - start + count] = self._array.metadata.fill_value
+            row += count
+        return result
 
     def to_dask(self) -> Any:
         import dask.array
@@ -441,30 +505,31 @@ class DataArray:
         max are idempotent, so counting an old row twice is harmless.
         """
         values = rows.astype(self.dtype, copy=False)
-        segment = np.stack([values, values], axis=1)  # level 0: min == max == the row
-        first = start  # index of segment's first entry at the level below
+        lows, highs = values, values  # level 0: min == max == the row
+        first = start  # index of the first entry of lows/highs at the level below
         stop = start + len(rows)
         new_tail: list = []
         for level in range(1, LEVELS + 1):
             block = FACTOR**level
             first_entry = start // block
-            # Where each group of FACTOR entries of the level below starts, in `segment`.
+            # Where each group of FACTOR entries of the level below starts, in lows/highs.
             offsets = np.arange(first_entry * FACTOR, -(-stop // (block // FACTOR)), FACTOR)
             offsets = np.maximum(offsets - first, 0)
-            minimum = np.fmin.reduceat(segment[:, 0], offsets, axis=0)
-            maximum = np.fmax.reduceat(segment[:, 1], offsets, axis=0)
+            lows = np.fmin.reduceat(lows, offsets, axis=0)
+            highs = np.fmax.reduceat(highs, offsets, axis=0)
             old = tail[level - 1]
             if old is not None and start % block:
-                minimum[0] = np.fmin(minimum[0], _decode(old[0], self.dtype))
-                maximum[0] = np.fmax(maximum[0], _decode(old[1], self.dtype))
-            segment = np.stack([minimum, maximum], axis=1)
+                lows[0] = np.fmin(lows[0], _decode(old[0], self.dtype))
+                highs[0] = np.fmax(highs[0], _decode(old[1], self.dtype))
             complete = stop // block - first_entry
             if complete > 0:
                 level_array = zarr.open_array(
                     self._store.store, path=f"{self.name}/{PYRAMID}/{level}", mode="r+"
                 )
-                level_array[first_entry : first_entry + complete] = segment[:complete]
-            new_tail.append(_encode(segment[-1]) if stop % block else None)
+                pairs = np.stack([lows[:complete], highs[:complete]], axis=1)
+                level_array[first_entry : first_entry + complete] = pairs
+            last = np.stack([lows[-1], highs[-1]])
+            new_tail.append(_encode(last) if stop % block else None)
             first = first_entry
         return new_tail
 
@@ -503,8 +568,14 @@ class DataArray:
             empty = np.empty(0, self.dtype)
             return Window(start, stop, 1, 0, empty, empty)
         level = 0
-        while level < LEVELS and FACTOR ** (level + 1) * buckets <= stop - start:
-            level += 1
+        if self._kiln.get("tail") is not None:
+            while level < LEVELS and FACTOR ** (level + 1) * buckets <= stop - start:
+                level += 1
+        elif stop - start > WINDOW_RAW_ROWS:
+            raise ArrayError(
+                f"array {self.name!r} has no min/max pyramid (its rows are too wide): a window "
+                f"spans at most {WINDOW_RAW_ROWS} rows, not {stop - start}"
+            )
         block = FACTOR**level
         first, end = start // block, -(-stop // block)
         entries = self._level_entries(level, first, end, column)

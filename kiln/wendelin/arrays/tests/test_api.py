@@ -119,6 +119,14 @@ def test_put_replaces_and_floats_answer_nan_as_null(site):
     assert window["min"] == [1.5, None] and window["max"] == [1.5, 2.0]
 
 
+def test_big_endian_bodies_are_stored_little_endian(site):
+    values = np.arange(5, dtype=">i4")
+    assert site.put("be", values).json()["dtype"] == "<i4"
+    assert site.append("be", npy(values)).status_code == 204
+    read = from_npy(site.get("/api/arrays/be/data").content)
+    assert read.dtype == "<i4" and np.array_equal(read, np.concatenate([values, values]))
+
+
 def test_authorization(site):
     assert site.put("theirs", np.ones(3, "u1"), auth=site.other).status_code == 201
     # Another policy neither sees nor writes it; a reader reads but never writes.

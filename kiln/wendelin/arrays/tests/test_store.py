@@ -230,3 +230,33 @@ def test_a_writer_killed_mid_append_leaves_the_last_complete_state(tmp_path):
     length = check_consistent(ArrayStore(tmp_path).open("a"))
     subprocess.run([sys.executable, "-c", WRITER, str(tmp_path), "-", "2"], check=True)
     assert check_consistent(ArrayStore(tmp_path).open("a")) == length + 2 * BLOCK
+
+
+def test_wide_rows_have_raw_windows_only(tmp_path, monkeypatch):
+    from kiln.wendelin.arrays import store as module
+
+    monkeypatch.setattr(module, "WINDOW_RAW_ROWS", 1000)
+    values = np.arange(2000 * 100, dtype="<f4").reshape(2000, 100)  # a spectrum, say
+    array = ArrayStore(tmp_path).create("wide", "<f4", inner_shape=(100,))
+    array.append(values)
+    assert not any((tmp_path / "wide").glob("pyramid"))
+    window = array.window(500, 1500, 10, column=7)
+    assert (window.level, window.step) == (0, 100)
+    assert np.array_equal(window.minimum, values[500:1500:100, 7])
+    with pytest.raises(ArrayError, match="at most 1000 rows"):
+        array.window(0, 2000, 10)
+
+
+def test_row_reads_from_chunk_files_match_zarr(tmp_path):
+    values = np.arange(1000 * 3, dtype="<i4").reshape(1000, 3)
+    array = ArrayStore(tmp_path).create("rows", "<i4", inner_shape=(3,), chunk_rows=64)
+    array.append(values[:500])
+    array.append(values[500:])
+    plain = zarr.open_array(str(tmp_path), path="rows/data", mode="r")
+    for selection in [slice(None), slice(10, 700), slice(63, 65), slice(990, 2000), slice(5, 5)]:
+        assert array._row_range(selection) is not None
+        assert np.array_equal(array[selection], plain[selection])
+    assert array._row_range((slice(0, 10), 1)) is None  # a column: Zarr's own reader
+    assert np.array_equal(array[0:10, 1], values[0:10, 1])
+    (tmp_path / "rows" / "data" / "c" / "3" / "0").unlink()  # as if never written
+    assert np.array_equal(array[190:200], np.vstack([values[190:192], np.zeros((8, 3))]))
