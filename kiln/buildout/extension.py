@@ -56,7 +56,12 @@ import zc.buildout.download
 from kiln.buildout.part_archive import ARCHIVE_FORMAT, ArchiveError, pack_part, unpack_part
 from kiln.buildout.part_signature import PathNormaliser, SignatureCalculator, platform_tuple
 from kiln.buildout.profile_base import apply_profile_base_location
-from kiln.buildout.shared_parts import SharedLocation, shared_location, shared_roots
+from kiln.buildout.shared_parts import (
+    SharedLocation,
+    shared_location,
+    shared_part_lock,
+    shared_roots,
+)
 from kiln.buildout.source_download import SourceCache
 from kiln.shacache.client import CacheClient, CacheError
 from kiln.shacache.config import CacheConfig, parse_cache_config
@@ -181,6 +186,15 @@ class BinaryCache:
     ) -> Callable[[], Any]:
         # Shared recipes call self.install(True) from update: pass arguments through.
         def cached_install(*args: Any) -> Any:
+            if shared is None:
+                return install_once(*args)
+            report = self.reports[part]
+            waiting = f"waiting for another build installing {shared.path}"
+            with shared_part_lock(shared, lambda: self._note(report, waiting)):
+                # Checked under the lock: the other build may just have installed it.
+                return install_once(*args)
+
+        def install_once(*args: Any) -> Any:
             report = self.reports[part]
             started = time.monotonic()
             if shared is not None and shared.installed:

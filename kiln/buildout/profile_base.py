@@ -21,6 +21,7 @@ import posixpath
 from collections import Counter
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 OPTION = "_profile_base_location_"
 REFERENCE = "${:" + OPTION + "}"
@@ -31,7 +32,10 @@ def _base_of(source: str) -> str | None:
     if not source or source in ("DEFAULT_VALUE", "COMPUTED_VALUE", "COMMAND_LINE_VALUE"):
         return None
     if "://" in source:
-        return posixpath.dirname(source)
+        # buildout joins `extends` URLs as it joins paths (`.../software/x/../../component/y`):
+        # normalised, the same file gives the same base however it was reached.
+        url = urlsplit(source)
+        return urlunsplit(url._replace(path=posixpath.dirname(posixpath.normpath(url.path))))
     if not os.path.isabs(source):
         return None
     # buildout records `extends` paths as joined (`.../software/x/../../component/y`).

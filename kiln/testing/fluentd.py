@@ -14,6 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from kiln.software.build import repository_root
 
 FLUENTD_ARCHIVE = "fluentd-1.16.11.tar.gz"
@@ -64,6 +66,17 @@ def unpacked_fluentd(directory: Path) -> Path:
     program.write_text(f"#!/bin/sh\nexec {command}\n")
     program.chmod(0o755)
     return program
+
+
+@pytest.fixture(scope="session")
+def fluentd_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """fluentd 1.16.11 from ../shared/peers/, unpacked once per session and verified by the
+    pin; import it into a conftest.py to use it."""
+    import shutil
+
+    if shutil.which("ruby") is None:
+        pytest.skip("ruby is not installed (.ci/apt-packages.txt lists it)")
+    return unpacked_fluentd(tmp_path_factory.mktemp("fluentd"))
 
 
 class Fluentd:
@@ -122,9 +135,11 @@ class Fluentd:
         self.stop()
 
 
-def tail_source(path: Path, pos: Path, tag: str) -> str:
+def tail_source(path: Path, pos: Path, tag: str, keep_time_key: bool = False) -> str:
     """fluentd configuration that tails ``path`` (JSON lines, from its start) as ``tag``, and
-    drops fluentd's own log events, which ``<match **>`` would otherwise catch."""
+    drops fluentd's own log events, which ``<match **>`` would otherwise catch.
+
+    A line's ``time`` is its event time; ``keep_time_key`` leaves it in the record too."""
     return f"""<source>
   @type tail
   path {path}
@@ -133,6 +148,7 @@ def tail_source(path: Path, pos: Path, tag: str) -> str:
   read_from_head true
   <parse>
     @type json
+    keep_time_key {"true" if keep_time_key else "false"}
   </parse>
 </source>
 <label @FLUENT_LOG>

@@ -60,6 +60,10 @@ class AlreadyExists(ValueError):
     pass
 
 
+class CatalogUnavailable(RuntimeError):
+    """The catalog's database cannot be reached (a server catalog: down, refused, timed out)."""
+
+
 class Catalog(ABC):
     """Where policies, reader accounts and the stream listing are kept, shared by the service
     and the CLI (another process). Each method is one small transaction; safe to call from
@@ -114,9 +118,28 @@ class Catalog(ABC):
     def close(self) -> None: ...
 
 
-def open_catalog(root: str) -> Catalog:
-    """The catalog of the service whose state is under ``root``: the embedded one."""
-    return SQLiteCatalog(os.path.join(root, "catalog.sqlite"))
+CATALOG_URL_VARIABLE = "WENDELIN_CATALOG"
+PASSWORD_FILE_VARIABLE = "WENDELIN_CATALOG_PASSWORD_FILE"
+
+
+def open_catalog(root: str, url: str | None = None, password_file: str | None = None) -> Catalog:
+    """The catalog of the service whose state is under ``root``.
+
+    ``url`` (default: the environment's WENDELIN_CATALOG): empty for the embedded SQLite file
+    under ``root``, or a ``postgresql://`` URL without a password; the password comes from
+    ``password_file`` (a file only its owner may read; default WENDELIN_CATALOG_PASSWORD_FILE)
+    or from libpq itself (PGPASSWORD, PGPASSFILE, ~/.pgpass). ValueError names a wrong setting.
+    """
+    url = os.environ.get(CATALOG_URL_VARIABLE) if url is None else url
+    password_file = password_file or os.environ.get(PASSWORD_FILE_VARIABLE) or None
+    if not url:
+        if password_file:
+            raise ValueError("a catalog password file is for a postgresql:// catalog only")
+        return SQLiteCatalog(os.path.join(root, "catalog.sqlite"))
+    from kiln.wendelin.catalog_postgres import PostgresCatalog, read_password_file
+
+    password = read_password_file(password_file) if password_file else None
+    return PostgresCatalog(url, password)
 
 
 _SCHEMA = """

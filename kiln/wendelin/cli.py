@@ -12,24 +12,20 @@ import click
 
 from kiln.common.addresses import FORWARD_PORT, WENDELIN_HTTP_PORT, parse_host_port
 from kiln.common.cli import limit_option
-from kiln.wendelin.catalog import AlreadyExists, open_catalog
+from kiln.wendelin.catalog import AlreadyExists
+from kiln.wendelin.catalog_options import catalog_options, open_cli_catalog
+from kiln.wendelin.options import ROOT_OPTION
 from kiln.wendelin.policies import PolicyRegistry, hash_password
+from kiln.wendelin.record_time import TimeKey
 from kiln.wendelin.service import Limits
+from kiln.wendelin.transform import cli as transform_cli
 
 _LIMITS = Limits()  # the defaults of the serve options that set limits
-
-ROOT_OPTION = click.option(
-    "--root",
-    type=click.Path(file_okay=False),
-    envvar="WENDELIN_ROOT",
-    required=True,
-    help="Directory holding the catalog, secrets and streams (env WENDELIN_ROOT).",
-)
 
 
 def _registry(root: str) -> PolicyRegistry:
     private_files(root)
-    return PolicyRegistry(root, open_catalog(root))
+    return PolicyRegistry(root, open_cli_catalog(root))
 
 
 def private_files(root: str) -> None:
@@ -55,6 +51,7 @@ def wendelin() -> None:
 
 @wendelin.command()
 @ROOT_OPTION
+@catalog_options
 @click.option(
     "--listen",
     default=f"127.0.0.1:{WENDELIN_HTTP_PORT}",
@@ -182,6 +179,30 @@ def wendelin() -> None:
     "Password checks (scrypt, one at a time) waiting; past it: 503 + Retry-After.",
     minimum=0,
 )
+@click.option(
+    "--time-key",
+    default="time",
+    show_default=True,
+    help="Record key holding the event time on /tags and out_http posts (fluentd in_http's "
+    "time_key): removed from the record and used as its time; '' to stamp arrival times.",
+)
+@click.option(
+    "--keep-time-key",
+    is_flag=True,
+    help="Leave the --time-key field in the record too (fluentd's keep_time_key).",
+)
+@click.option(
+    "--dask-scheduler",
+    envvar="WENDELIN_DASK_SCHEDULER",
+    help="tcp://HOST:PORT of a dask.distributed scheduler to run transformations on (needs "
+    "the 'distributed' extra); by default Dask threads in this process (env "
+    "WENDELIN_DASK_SCHEDULER).",
+)
+@limit_option(
+    "--transform-batch-mib",
+    16,
+    "Stream bytes one transformation step reads (bounds its memory); see `transform --help`.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def serve(
     root: str,
@@ -210,6 +231,10 @@ def serve(
     max_array_upload_mib: int,
     cpu_queue: int,
     password_queue: int,
+    time_key: str,
+    keep_time_key: bool,
+    dask_scheduler: str | None,
+    transform_batch_mib: int,
     verbose: bool,
 ) -> None:
     """Serve HTTP and the forward protocol from one process, with state under --root.
@@ -220,8 +245,10 @@ def serve(
     from kiln.wendelin.server import serve as run
     from kiln.wendelin.server import tls_context
     from kiln.wendelin.service import RootInUse
+    from kiln.wendelin.transform.runner import TransformSettings
 
     private_files(root)
+    catalog = open_cli_catalog(root)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -249,6 +276,7 @@ def serve(
         max_array_upload_bytes=max_array_upload_mib << 20,
         cpu_queue=cpu_queue,
         password_queue=password_queue,
+        time_key=TimeKey(time_key or None, keep_time_key),
     )
     try:
         http_address = parse_host_port(listen, WENDELIN_HTTP_PORT)
@@ -264,6 +292,10 @@ def serve(
                 limits,
                 http_tls=tls_context(tls_cert, tls_key),
                 forward_tls=tls_context(forward_tls_cert, forward_tls_key),
+                catalog=catalog,
+                transforms=TransformSettings(
+                    scheduler_address=dask_scheduler, batch_bytes=transform_batch_mib << 20
+                ),
             )
         )
     except (RootInUse, OSError) as problem:
@@ -277,6 +309,7 @@ def policy() -> None:
 
 @policy.command("add")
 @ROOT_OPTION
+@catalog_options
 @click.argument("name")
 @click.option(
     "--tag-pattern",
@@ -329,6 +362,7 @@ def policy_add(
 
 @policy.command("list")
 @ROOT_OPTION
+@catalog_options
 def policy_list(root: str) -> None:
     """List policies (names, users and tag patterns; never secrets)."""
     for record in _registry(root).catalog.policies():
@@ -347,11 +381,15 @@ def policy_list(root: str) -> None:
 
 @policy.command("remove")
 @ROOT_OPTION
+@catalog_options
 @click.argument("name")
 def policy_remove(root: str, name: str) -> None:
     """Remove policy NAME: its credentials stop working; its streams stay."""
     if not _registry(root).remove(name):
         raise click.ClickException(f"no policy named {name!r}")
+
+
+policy.add_command(transform_cli.policy_transform)
 
 
 @wendelin.group()
@@ -361,6 +399,7 @@ def reader() -> None:
 
 @reader.command("add")
 @ROOT_OPTION
+@catalog_options
 @click.argument("name")
 def reader_add(root: str, name: str) -> None:
     """Create reader NAME and print its generated password."""
@@ -381,6 +420,7 @@ def stream() -> None:
 
 @stream.command("list")
 @ROOT_OPTION
+@catalog_options
 def stream_list(root: str) -> None:
     """Streams with sizes, entry counts and times (as of the service's last catalog sync)."""
     for record in _registry(root).catalog.streams():
@@ -395,3 +435,7 @@ def _iso(seconds: float | None) -> str:
     if seconds is None or math.isnan(seconds):
         return "-"
     return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat(timespec="milliseconds")
+
+
+wendelin.add_command(transform_cli.transform)
+wendelin.add_command(transform_cli.status)

@@ -15,7 +15,9 @@ from kiln.wendelin.arrays import api as array_api
 from kiln.wendelin.httputil import SERVICE, credentials, failures, same_origin
 from kiln.wendelin.inputs import forms, http_ingest, stream_api
 from kiln.wendelin.inputs.forward import ForwardServer
-from kiln.wendelin.service import Limits, Service
+from kiln.wendelin.service import Catalog, Limits, Service
+from kiln.wendelin.transform import web as transform_web
+from kiln.wendelin.transform.runner import Runner, TransformSettings
 
 log = logging.getLogger(__name__)
 ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
@@ -64,15 +66,18 @@ async def serve(
     limits: Limits,
     http_tls: ssl.SSLContext | None = None,
     forward_tls: ssl.SSLContext | None = None,
+    catalog: Catalog | None = None,
+    transforms: TransformSettings | None = None,
 ) -> None:
     # on_response_prepare (pages.security_headers) never sees the 400 aiohttp writes itself
     # for a malformed request: those take the process-wide banner, which carried the versions.
     replace_server_banner("wendelin")
     log.info("open files limit: %d", raise_open_file_limit())
-    service = Service(root, limits)
-    runner = web.AppRunner(
-        make_app(service), access_log_format=ACCESS_LOG_FORMAT, handle_signals=False
-    )
+    service = Service(root, limits, catalog)
+    transformer = Runner(service.root, service.streams, service.arrays, transforms)
+    app = make_app(service)
+    transform_web.attach(app, transformer)
+    runner = web.AppRunner(app, access_log_format=ACCESS_LOG_FORMAT, handle_signals=False)
     await runner.setup()
     loop = asyncio.get_running_loop()
     assert runner.server is not None
@@ -112,12 +117,15 @@ async def serve(
     for number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(number, stop.set)
     syncing = asyncio.create_task(service.sync_catalog_forever())
+    transforming = asyncio.create_task(transformer.run_forever())
     await stop.wait()
     log.info("shutting down: refusing new data with 503, committing what is queued")
     service.start_closing()
     if forward_server is not None:
         forward_server.close()
     syncing.cancel()
+    transforming.cancel()
+    await transformer.close()  # a step in progress finishes: its appends are atomic anyway
     await service.close()
     http_server.close()
     await runner.cleanup()

@@ -9,7 +9,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from aiohttp import web
@@ -18,6 +18,7 @@ from kiln.common.limits import BoundedExecutor, Busy
 from kiln.wendelin.arrays import ArrayStore, DataArray, UnknownArray
 from kiln.wendelin.catalog import ArrayRecord, Catalog, StreamRecord, open_catalog
 from kiln.wendelin.policies import Policy, PolicyRegistry
+from kiln.wendelin.record_time import TimeKey
 from kiln.wendelin.refusals import Unavailable
 from kiln.wendelin.router import Router
 from kiln.wendelin.stream_reader import StoreReader, StreamReader
@@ -46,6 +47,9 @@ class Limits:
     max_streams_per_policy: int = 1_000  # streams one policy may create
     max_open_streams: int = 256  # streams whose files are open at once (an LRU)
     max_record_depth: int = 64  # nesting of maps and arrays in an accepted record
+    # Not a limit but a setting of the HTTP record inputs (/tags, out_http's records): fluentd
+    # in_http's time_key and keep_time_key (record_time.py).
+    time_key: TimeKey = field(default_factory=TimeKey)
     max_page_entries: int = 100_000  # entries in one page of GET .../entries
     cpu_queue: int = 16  # jobs waiting per worker pool (decompression, large reads)
     password_queue: int = 64  # password checks waiting (about 50 ms each, one at a time)
@@ -84,7 +88,7 @@ class Service:
         os.makedirs(self.root, exist_ok=True)
         self._lock = _lock_root(self.root)
         self.limits = limits or Limits()
-        # The embedded default; any Catalog (a PostgreSQL one later) can be passed instead.
+        # The embedded default; any Catalog (catalog_postgres.PostgresCatalog) can be passed.
         self.catalog = catalog or open_catalog(self.root)
         self.policies = PolicyRegistry(self.root, self.catalog)
         self._store = StreamStore(

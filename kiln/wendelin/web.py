@@ -17,6 +17,7 @@ from kiln.wendelin.api import describe, to_json_entry
 from kiln.wendelin.httputil import readable_stream, require_account, service_of
 from kiln.wendelin.service import Account, Service
 from kiln.wendelin.stream_reader import RAW, StreamReader
+from kiln.wendelin.transform import web as transform_web
 
 LATEST_ENTRIES = 50
 _STYLE = """
@@ -106,6 +107,7 @@ async def index(request: web.Request) -> web.Response:
         + ("".join(stream_rows) or "<tr><td colspan=8 class=muted>no streams yet</td></tr>")
         + "</table>"
         + _array_table(service, account)
+        + transform_web.section(request, account)
         + upload
     )
     return _page("Policies and data streams", body)

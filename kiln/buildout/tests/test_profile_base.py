@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import zc.buildout.buildout
 
-from kiln.buildout.profile_base import OPTION, apply_profile_base_location
+from kiln.buildout.profile_base import OPTION, _base_of, apply_profile_base_location
 
 pytestmark = pytest.mark.unit
 
@@ -47,3 +47,8 @@ def test_upstream_buildout_alone_refuses_the_option(tmp_path: Path) -> None:
     release = write(tmp_path / "b.cfg", text)
     with pytest.raises(zc.buildout.UserError, match="does not exist"):
         load(release)["x"]
+
+
+def test_a_remote_profile_base_is_its_normalised_url() -> None:
+    source = "http://127.0.0.1:8080/software/x/../../component/liba/buildout.cfg"
+    assert _base_of(source) == "http://127.0.0.1:8080/component/liba"

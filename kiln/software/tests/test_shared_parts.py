@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,32 @@ def test_the_command_prints_one_summary_and_takes_buildout_options(
     output = result.stdout + result.stderr
     assert "binary cache summary" not in output
     assert output.count("4 parts: 4 built") == 1
+
+
+def test_two_builds_into_one_shared_directory_at_once_install_each_part_once(
+    release: Path, work: Path
+) -> None:
+    """Two software directories, one shared directory, both builds started together: the
+    recipe starts by removing the part's location, so without the lock each build would
+    destroy what the other installs.  liba lingers 4 s before `make install`, so the second
+    build always arrives while the first holds liba."""
+    shared = work / "concurrent-shared"
+    slow_liba = {"liba:pre-install": "sleep 4"}
+
+    def build(name: str) -> BuildResult:
+        return build_release(release, work / name, None, slow_liba, quiet=True, shared_dir=shared)
+
+    with ThreadPoolExecutor(2) as pool:
+        first, second = pool.map(build, ("concurrent-1", "concurrent-2"))
+    for name in SHARED:
+        assert sorted([outcomes(first)[name], outcomes(second)[name]]) == ["built", "shared"]
+        (location,) = (shared / name).iterdir()
+        assert (location / ".buildout-shared.json").is_file()
+    waited = [
+        note
+        for result in (first, second)
+        for note in result.parts["liba"]["notes"]
+        if note.startswith("waiting for another build installing")
+    ]
+    assert len(waited) == 1
+    assert greeting(first.software_dir) == greeting(second.software_dir) == "greetings from kiln"

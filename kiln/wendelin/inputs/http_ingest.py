@@ -16,7 +16,7 @@ import urllib.parse
 import msgpack
 from aiohttp import web
 
-from kiln.wendelin import chunks, eventtime
+from kiln.wendelin import chunks
 from kiln.wendelin.httputil import (
     decoding,
     error,
@@ -26,8 +26,9 @@ from kiln.wendelin.httputil import (
     unauthorized,
 )
 from kiln.wendelin.policies import Policy
+from kiln.wendelin.record_time import stamp_records
 from kiln.wendelin.refusals import Malformed
-from kiln.wendelin.router import Router
+from kiln.wendelin.service import Service
 
 FORM = "application/x-www-form-urlencoded"
 MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack")
@@ -60,7 +61,7 @@ async def fluentd_ingest(request: web.Request) -> web.StreamResponse:
     body = await read_body(request, service.limits.max_chunk_bytes)
     depth = service.limits.max_record_depth
     if request.content_type in OUT_HTTP_TYPES:
-        return await _ingest_records(service.router, policy, tag, body, request.content_type, depth)
+        return await _ingest_records(service, policy, tag, body, request.content_type)
     data = _data_of_form(body) if _is_form(body) else body
     parse = functools.partial(_entries_of_chunk, max_depth=depth)
     return _stored(await service.router.emit_unparsed(policy, tag, data, parse))
@@ -73,19 +74,30 @@ OUT_HTTP_TYPES = (*NDJSON_TYPES, "application/x-msgpack")
 
 
 async def _ingest_records(
-    router: Router, policy: Policy, tag: str, body: bytes, content_type: str, max_depth: int
+    service: Service, policy: Policy, tag: str, body: bytes, content_type: str
 ) -> web.Response:
-    """out_http pointed at a policy's ingest URL: records stamped with their arrival time.
+    """out_http pointed at a policy's ingest URL: records timed by their ``time`` key, as on
+    ``/tags``, or else by their arrival.
 
     out_http resends a chunk byte for byte until it gets a 2xx, so the body's hash is the
-    chunk's id: a resend is acknowledged without a second copy.
+    chunk's id: a resend is acknowledged without a second copy (the arrival time of records
+    without a time of their own is the first copy's).
     """
+    chunk = _records_chunk(service, body, content_type, None)
+    chunk_id = hashlib.sha256(b"http-records\0" + tag.encode() + b"\0" + body).digest()
+    return _stored(await service.router.emit(policy, tag, chunk, chunk_id))
+
+
+def _records_chunk(
+    service: Service, body: bytes, content_type: str, query_time: str | None
+) -> chunks.Chunk:
+    """The records of an in_http-style body as checked entries, each with its event time
+    (record_time.stamp_records: ``?time=``, the record's time key, or the arrival time)."""
+    limits = service.limits
     with decoding():
         records = _decode_records(body, content_type)
-        stamp = eventtime.pack(time.time())
-        chunk = chunks.pack_entries([[stamp, record] for record in records], max_depth)
-    chunk_id = hashlib.sha256(b"http-records\0" + tag.encode() + b"\0" + body).digest()
-    return _stored(await router.emit(policy, tag, chunk, chunk_id))
+        entries = stamp_records(records, time.time(), limits.time_key, query_time)
+        return chunks.pack_entries(entries, limits.max_record_depth)
 
 
 def _data_of_form(body: bytes) -> bytes:
@@ -132,8 +144,9 @@ def _stored(appended: bool) -> web.Response:
 async def tag_ingest(request: web.Request) -> web.StreamResponse:
     """``POST /tags/<tag>``, like fluentd's in_http: JSON, ndjson or msgpack records.
 
-    The policy is the one whose HTTP user authenticates. Records are timestamped with
-    ``?time=<unix seconds>`` or the arrival time.
+    The policy is the one whose HTTP user authenticates. A record's event time is
+    ``?time=<unix seconds>`` if given, else its own ``time`` key (removed from it), else the
+    arrival time: fluentd's rules, in record_time.py.
     """
     service = service_of(request)
     service.router.refuse_if_closing()
@@ -142,12 +155,7 @@ async def tag_ingest(request: web.Request) -> web.StreamResponse:
         return unauthorized("send with a policy's HTTP user and password")
     require_content_type(request, RECORD_TYPES)
     body = await read_body(request, service.limits.max_chunk_bytes)
-    with decoding():
-        when = float(request.query["time"]) if "time" in request.query else time.time()
-        stamp = eventtime.pack(when)  # ValueError for inf, nan, negative or too late
-        records = _decode_records(body, request.content_type)
-        depth = service.limits.max_record_depth
-        chunk = chunks.pack_entries([[stamp, record] for record in records], depth)
+    chunk = _records_chunk(service, body, request.content_type, request.query.get("time"))
     tag = request.match_info["tag"]
     return _stored(await service.router.emit(account.policy, tag, chunk))
 

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 import pytest
 import requests
 
+from kiln.testing.fluentd import fluentd_program  # noqa: F401  (a fixture)
+from kiln.testing.postgres import postgres_server  # noqa: F401  (a fixture)
 from kiln.testing.wendelin import ServerProcess, add_policy
 
 
