@@ -34,6 +34,12 @@ ALLOWED_SYSTEM_LIBRARIES = (
     "libutil.so.1",
 )
 
+# What a manylinux wheel may link without bundling (PEP 600: the auditwheel policy's
+# libraries beyond the ones above), allowed for files installed from wheels only
+# (under site-packages): numpy's libgfortran and Pillow's libpng link zlib.  Parts compiled
+# by the release itself still may not.
+WHEEL_POLICY_LIBRARIES = ("libz.so.1",)
+
 _ELF_MAGIC = b"\x7fELF"
 _LDD_LINE = re.compile(r"^\s*(\S+)\s*(?:=>\s*(\S+)?)?")
 
@@ -99,6 +105,9 @@ def check_libraries(path: Path, software_dir: Path) -> list[Problem]:
     result = subprocess.run(["ldd", str(path)], capture_output=True, text=True, check=False)
     if "not a dynamic executable" in result.stdout + result.stderr:
         return []  # statically linked
+    allowed = ALLOWED_SYSTEM_LIBRARIES
+    if "site-packages" in path.relative_to(software_dir).parts:
+        allowed += WHEEL_POLICY_LIBRARIES
     problems = []
     for line in result.stdout.splitlines():
         match = _LDD_LINE.match(line)
@@ -110,7 +119,7 @@ def check_libraries(path: Path, software_dir: Path) -> list[Problem]:
         elif target and target.startswith("/"):
             resolved = Path(os.path.realpath(target))
             inside = resolved.is_relative_to(software_dir)
-            if not inside and Path(target).name not in ALLOWED_SYSTEM_LIBRARIES:
+            if not inside and Path(target).name not in allowed:
                 problems.append(Problem(path, f"links against system library {target}"))
         elif name.startswith("/") and Path(name).name not in ALLOWED_SYSTEM_LIBRARIES:
             problems.append(Problem(path, f"uses unexpected loader {name}"))

@@ -73,3 +73,18 @@ def test_system_library_outside_the_allowed_list_is_reported(tmp_path: Path) -> 
     assert any(
         "links against system library" in p.message and "libz" in p.message for p in problems
     )
+
+
+def test_a_wheels_library_may_link_zlib_as_the_manylinux_policy_allows(tmp_path: Path) -> None:
+    if not Path("/lib/x86_64-linux-gnu/libz.so.1").exists():
+        pytest.skip("no system libz")
+    release = tmp_path / "release"
+    wheel_libs = release / "parts" / "venv" / "lib" / "python3.11" / "site-packages" / "x.libs"
+    wheel_libs.mkdir(parents=True)
+    (wheel_libs / "z.c").write_text("int helper(void) { return 0; }\n")
+    library = wheel_libs / "libz-user.so"
+    source = str(wheel_libs / "z.c")
+    flags = ["-shared", "-fPIC", "-Wl,--no-as-needed", "-lz"]
+    subprocess.run(["gcc", "-o", str(library), source, *flags], check=True)
+    files, problems = check_software(release)
+    assert files == [library] and problems == []
