@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -15,6 +16,7 @@ from kiln.common.cli import limit_option
 from kiln.wendelin.catalog import AlreadyExists, open_catalog
 from kiln.wendelin.policies import PolicyRegistry, hash_password
 from kiln.wendelin.service import Limits
+from kiln.wendelin.static import DygraphsMissing, find_dygraphs
 
 _LIMITS = Limits()  # the defaults of the serve options that set limits
 
@@ -150,6 +152,26 @@ def wendelin() -> None:
     "Entries in one page of GET /api/streams/<name>/entries (more: X-Next-Start).",
 )
 @limit_option(
+    "--max-series-entries",
+    _LIMITS.max_series_entries,
+    "Entries one GET /api/streams/<name>/series reads; a window holding more is answered "
+    "from its first ones, marked incomplete (zoom in for the rest).",
+)
+@limit_option(
+    "--max-series-buckets",
+    _LIMITS.max_series_buckets,
+    "Points per field in one GET /api/streams/<name>/series (more asked: this many).",
+)
+@click.option(
+    "--dygraphs",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    envvar="WENDELIN_DYGRAPHS",
+    help="Directory holding dygraph.min.js and dygraph.min.css (the dist/ of npm's dygraphs "
+    "package; the release's dygraphs part) for the pages' charts (env WENDELIN_DYGRAPHS). "
+    "Default: the checkout's kiln/wendelin/frontend/node_modules after `npm ci --prefix "
+    "kiln/wendelin/frontend`; without either the pages show no charts.",
+)
+@limit_option(
     "--cpu-queue",
     _LIMITS.cpu_queue,
     "Jobs waiting per worker pool (decompression, large reads); past it: 503 + "
@@ -184,6 +206,9 @@ def serve(
     max_open_streams: int,
     max_record_depth: int,
     max_page_entries: int,
+    max_series_entries: int,
+    max_series_buckets: int,
+    dygraphs: Path | None,
     cpu_queue: int,
     password_queue: int,
     verbose: bool,
@@ -219,6 +244,8 @@ def serve(
         max_open_streams=max_open_streams,
         max_record_depth=max_record_depth,
         max_page_entries=max_page_entries,
+        max_series_entries=max_series_entries,
+        max_series_buckets=max_series_buckets,
         cpu_queue=cpu_queue,
         password_queue=password_queue,
     )
@@ -228,6 +255,10 @@ def serve(
     except ValueError as problem:
         raise click.BadParameter(str(problem)) from None
     try:
+        dygraphs = find_dygraphs(dygraphs)
+    except DygraphsMissing as problem:
+        raise click.BadParameter(str(problem), param_hint="--dygraphs") from None
+    try:
         asyncio.run(
             run(
                 root,
@@ -236,6 +267,7 @@ def serve(
                 limits,
                 http_tls=tls_context(tls_cert, tls_key),
                 forward_tls=tls_context(forward_tls_cert, forward_tls_key),
+                dygraphs=dygraphs,
             )
         )
     except (RootInUse, OSError) as problem:

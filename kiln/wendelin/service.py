@@ -45,6 +45,8 @@ class Limits:
     max_open_streams: int = 256  # streams whose files are open at once (an LRU)
     max_record_depth: int = 64  # nesting of maps and arrays in an accepted record
     max_page_entries: int = 100_000  # entries in one page of GET .../entries
+    max_series_entries: int = 1_000_000  # entries one GET .../series reads (then: zoom in)
+    max_series_buckets: int = 4_000  # points per field in one GET .../series
     cpu_queue: int = 16  # jobs waiting per worker pool (decompression, large reads)
     password_queue: int = 64  # password checks waiting (about 50 ms each, one at a time)
 

@@ -1,20 +1,23 @@
 """Web pages on the same server: policies and streams, and one page per stream.
 
-Plain server-rendered HTML (no script needed), behind the same HTTP Basic accounts as the API.
-The pages only read; their forms post to an input (``inputs.forms``), which redirects (303)
-back to the stream page.
+Server-rendered HTML behind the same HTTP Basic accounts as the API; everything but the
+charts works without script. The charts are dygraphs (``static/charts.js``), which fetch
+downsampled windows from the API as the user zooms. The pages only read; their forms post to
+an input (``inputs.forms``), which redirects (303) back to the stream page.
 """
 
 import datetime
 import html
 import json
 import math
+from urllib.parse import quote
 
 from aiohttp import web
 
-from kiln.wendelin import chunks, plot
+from kiln.wendelin import chunks
 from kiln.wendelin.api import describe, to_json_entry
 from kiln.wendelin.httputil import readable_stream, require_account, service_of
+from kiln.wendelin.static import MISSING_DYGRAPHS, STATIC
 from kiln.wendelin.stream_reader import RAW, StreamReader
 
 LATEST_ENTRIES = 50
@@ -29,17 +32,44 @@ code, pre { font-family: ui-monospace, monospace; font-size: .9em; }
 pre { margin: 0; white-space: pre-wrap; word-break: break-all; }
 form { margin: .6em 0; padding: .8em; background: #f7f7f9; border: 1px solid #e3e3e8; }
 .muted { color: #777; } nav a { margin-right: 1em; }
+.chart { margin: .4em 0 1.2em; } .chart-plot { width: 100%; }
+.chart-legend { min-height: 1.4em; font-size: .85em; color: #444; }
+.chart-note { color: #777; font-size: .9em; }
 """
+# The charts' scripts: dygraphs from its npm package, then ours (no inline script: the CSP
+# allows scripts from this server only).
+_CHART_HEAD = (
+    "<link rel=stylesheet href='/static/dygraphs/dygraph.min.css'>"
+    "<script src='/static/dygraphs/dygraph.min.js' defer></script>"
+    "<script src='/static/charts.js' defer></script>"
+)
 
 
-def _page(title: str, body: str) -> web.Response:
+def _page(title: str, body: str, charts: bool = False) -> web.Response:
     text = (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
-        f"<title>{html.escape(title)} · wendelin</title><style>{_STYLE}</style></head>"
+        f"<title>{html.escape(title)} · wendelin</title><style>{_STYLE}</style>"
+        f"{_CHART_HEAD if charts else ''}</head>"
         f"<body><nav><a href='/'>wendelin</a></nav><h1>{html.escape(title)}</h1>{body}"
         "</body></html>"
     )
     return web.Response(text=text, content_type="text/html")
+
+
+def chart(request: web.Request, kind: str, url: str, **data: str) -> tuple[str, bool]:
+    """A chart's placeholder, which ``static/charts.js`` fills, and whether the page needs the
+    chart scripts; without dygraphs, the message saying how to install it."""
+    if not request.app[STATIC].has_dygraphs:
+        return f"<p class=chart-note>{MISSING_DYGRAPHS}</p>", False
+    attributes = "".join(
+        f" data-{key}='{html.escape(value, quote=True)}'" for key, value in data.items()
+    )
+    return (
+        f"<div class=charts data-kind={kind} data-url='{html.escape(url, quote=True)}'"
+        f"{attributes}><p class=chart-note>Loading the chart…</p></div>"
+        "<noscript><p class=chart-note>The chart needs JavaScript.</p></noscript>",
+        True,
+    )
 
 
 def _when(seconds: float | None) -> str:
@@ -136,10 +166,17 @@ async def stream_page(request: web.Request) -> web.Response:
         f"<a href='/api/streams/{name}/entries?format=json&amp;start=-{LATEST_ENTRIES}'>"
         "latest entries as JSON</a></p>"
     )
+    charts = False
     if stream.kind == RAW:
         body += "<p class=muted>A raw byte stream: read it by byte range.</p>"
     else:
-        # Records can be large: read, convert and plot them off the event loop.
+        placeholder, charts = chart(request, "stream", f"/api/streams/{quote(stream.name)}/series")
+        body += (
+            "<h2>Numeric fields over event time</h2>"
+            "<p class=muted>Drag across a chart to zoom in (finer data is fetched); "
+            f"double-click to zoom out. Times in UTC.</p>{placeholder}"
+        )
+        # Records can be large: read and convert them off the event loop.
         service = service_of(request)
         body += await service.off_loop(service.conversions, _latest_entries, stream)
     if account.may_write(stream):
@@ -156,11 +193,11 @@ async def stream_page(request: web.Request) -> web.Response:
                 "</label> <button>Append</button> <span class=muted>timestamped now</span>"
                 "</form>"
             )
-    return _page(f"Stream {stream.name}", body)
+    return _page(f"Stream {stream.name}", body, charts)
 
 
 def _latest_entries(stream: StreamReader) -> str:
-    """The plot and table of a stream's latest entries (runs in a worker thread)."""
+    """The table of a stream's latest entries (runs in a worker thread)."""
     data, _ = stream.scan_entries(max(stream.stats.entries - LATEST_ENTRIES, 0))
     entries = [to_json_entry(entry) for entry in chunks.iter_entries(data)]
     first_number = stream.stats.entries - len(entries)
@@ -169,18 +206,20 @@ def _latest_entries(stream: StreamReader) -> str:
         f"<td><pre>{html.escape(json.dumps(record, ensure_ascii=False))}</pre></td></tr>"
         for number, (seconds, record) in reversed(list(enumerate(entries)))
     )
-    chart = plot.svg(plot.numeric_series(entries))
-    return (f"<h2>Recent values</h2>{chart}" if chart else "") + (
+    return (
         f"<h2>Latest entries</h2><table><tr><th>#</th><th>time</th><th>record</th></tr>"
         f"{rows or '<tr><td colspan=3 class=muted>empty</td></tr>'}</table>"
     )
 
 
-# Every HTML page: no script at all, styles inline only, images from here or data: (none
-# today), forms post here only, never framed; and no Referer with stream names elsewhere.
+# Every HTML page: scripts from this server only (files, never inline: the pages hold stream
+# data, so an injected script must not run), fetches to this server only, styles inline or
+# from here, images from here or data:, forms post here only, never framed; and no Referer
+# with stream names elsewhere.
 HTML_SECURITY_HEADERS = {
     "Content-Security-Policy": (
-        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+        "default-src 'none'; script-src 'self'; connect-src 'self'; "
+        "style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
         "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
     ),
     "X-Frame-Options": "DENY",
