@@ -48,6 +48,7 @@ _CHART_HEAD = (
 def _page(title: str, body: str, charts: bool = False) -> web.Response:
     text = (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        "<link rel=icon href='data:,'>"  # no icon: no request for /favicon.ico
         f"<title>{html.escape(title)} · wendelin</title><style>{_STYLE}</style>"
         f"{_CHART_HEAD if charts else ''}</head>"
         f"<body><nav><a href='/'>wendelin</a></nav><h1>{html.escape(title)}</h1>{body}"

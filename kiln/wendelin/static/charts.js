@@ -15,7 +15,9 @@
   }
 
   async function getJSON(url, params) {
-    const response = await fetch(url + "?" + new URLSearchParams(params), {
+    // From the origin: a page opened as http://user:password@host/ would otherwise resolve
+    // the path with the credentials in it, which fetch() refuses.
+    const response = await fetch(location.origin + url + "?" + new URLSearchParams(params), {
       credentials: "same-origin",
       headers: { Accept: "application/json" },
     });
