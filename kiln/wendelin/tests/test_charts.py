@@ -1,6 +1,7 @@
 """The stream pages' dygraphs charts in real headless Chromium, driven through DevTools:
 rendered, zoomed by a mouse drag, and the finer window fetched from the series endpoint."""
 
+import asyncio
 import base64
 import os
 from urllib.parse import parse_qs, urlsplit
@@ -11,7 +12,10 @@ import requests
 
 from kiln.testing.chromium import keep, png_size
 from kiln.testing.devtools import Browser
-from kiln.wendelin import eventtime
+from kiln.testing.wendelin import add_policy
+from kiln.wendelin import eventtime, static
+from kiln.wendelin.server import make_app
+from kiln.wendelin.service import Service
 
 pytestmark = pytest.mark.integration
 T0 = 1_700_000_000
@@ -19,6 +23,9 @@ T0 = 1_700_000_000
 
 @pytest.fixture(scope="module")
 def turbine(deployment):
+    if static.find_dygraphs(None) is None:
+        message = "dygraphs is missing: npm ci --prefix kiln/wendelin/frontend (as .ci/run does)"
+        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
     """An hour of a turbine's records, one every 3 s, with two numeric fields and a text one."""
     body = b"".join(
         msgpack.packb(
@@ -131,3 +138,27 @@ def test_series_endpoint_answers_windows_and_refuses_bad_ones(turbine) -> None:
     assert raw.status_code in (201, 204), raw.text
     refused = requests.get(f"{turbine.url}/api/streams/sensor.rawfile/series", auth=auth)
     assert refused.status_code == 409 and "raw bytes" in refused.text
+
+
+def test_without_dygraphs_the_page_says_how_to_install_it(tmp_path) -> None:
+    """The service as `serve` runs it when no dygraphs is found (in-process, real sockets)."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    root = str(tmp_path)
+    credentials = add_policy(root, "turbines", "--tag-pattern", "sensor.**")
+    auth = basic((credentials["user"], credentials["password"]))
+
+    async def visit() -> tuple[str, int]:
+        service = Service(root)
+        async with TestClient(TestServer(make_app(service, dygraphs=None))) as client:
+            posted = await client.post("/tags/sensor.bare", json={"rpm": 1}, headers=auth)
+            assert posted.status == 204, await posted.text()
+            page = await (await client.get("/streams/sensor.bare", headers=auth)).text()
+            library = await client.get("/static/dygraphs/dygraph.min.js")
+        await service.close()
+        return page, library.status
+
+    page, library_status = asyncio.run(visit())
+    assert "Charts need dygraphs" in page and "npm ci --prefix kiln/wendelin/frontend" in page
+    assert "<script" not in page and library_status == 404
+    assert "Latest entries" in page  # the rest of the page is there
