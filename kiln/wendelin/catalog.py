@@ -1,14 +1,16 @@
-"""The catalog of policies, reader accounts and streams.
+"""The catalog of policies, reader accounts, streams and data arrays.
 
 ``Catalog`` is the seam: the service, the policy registry and the CLI only talk to this
 interface, and get the implementation from ``open_catalog``. ``SQLiteCatalog`` is the embedded
 implementation for one machine; a PostgreSQL one can replace it without touching the callers
 (the SQL is plain and the methods are small transactions).
 
-Stream statistics here are a periodically refreshed copy for listing; the stream's own index is
-the authority (see streams.py).
+Stream statistics and array descriptions here are a periodically refreshed copy for listing;
+the stream's own index and the array's Zarr metadata are the authority (see streams.py and
+arrays/store.py).
 """
 
+import json
 import os
 import sqlite3
 import threading
@@ -38,6 +40,20 @@ class StreamRecord:
     first_time: float | None
     last_time: float | None
     last_ingest: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ArrayRecord:
+    name: str
+    policy: str | None
+    dtype: str  # numpy dtype string, e.g. "<i2"
+    shape: tuple[int, ...]  # stored as JSON text in SQL
+    chunks: tuple[int, ...]  # JSON text
+    attributes: dict  # JSON text
+    source_stream: str | None
+    source_start: int | None
+    source_stop: int | None
+    updated: float
 
 
 class AlreadyExists(ValueError):
@@ -78,6 +94,18 @@ class Catalog(ABC):
         """Every stream recorded, by name."""
 
     @abstractmethod
+    def save_array(self, array: ArrayRecord) -> None:
+        """Record a data array's latest description (added or replaced)."""
+
+    @abstractmethod
+    def arrays(self) -> list[ArrayRecord]:
+        """Every array recorded, by name."""
+
+    @abstractmethod
+    def remove_array(self, name: str) -> bool:
+        """Forget an array; False if there was none of that name."""
+
+    @abstractmethod
     def version(self) -> int:
         """A number that changes whenever another connection (the CLI) commits a change, so
         the service knows when to reload policies; cheap, it is asked on every lookup."""
@@ -115,6 +143,18 @@ create table if not exists streams (
     first_time real,
     last_time real,
     last_ingest real
+);
+create table if not exists arrays (
+    name text primary key,
+    policy text,
+    dtype text not null,
+    shape text not null,
+    chunks text not null,
+    attributes text not null,
+    source_stream text,
+    source_start integer,
+    source_stop integer,
+    updated real not null
 );
 """
 
@@ -190,6 +230,42 @@ class SQLiteCatalog(Catalog):
 
     def streams(self) -> list[StreamRecord]:
         return [StreamRecord(*row) for row in self._run("select * from streams order by name")]
+
+    def save_array(self, array: ArrayRecord) -> None:
+        self._run(
+            "insert or replace into arrays values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                array.name,
+                array.policy,
+                array.dtype,
+                json.dumps(list(array.shape)),
+                json.dumps(list(array.chunks)),
+                json.dumps(array.attributes),
+                array.source_stream,
+                array.source_start,
+                array.source_stop,
+                array.updated,
+            ),
+        )
+
+    def arrays(self) -> list[ArrayRecord]:
+        return [
+            ArrayRecord(
+                row[0],
+                row[1],
+                row[2],
+                tuple(json.loads(row[3])),
+                tuple(json.loads(row[4])),
+                json.loads(row[5]),
+                *row[6:],
+            )
+            for row in self._run("select * from arrays order by name")
+        ]
+
+    def remove_array(self, name: str) -> bool:
+        with self._lock:
+            cursor = self._connection.execute("delete from arrays where name = ?", (name,))
+            return cursor.rowcount > 0
 
     def version(self) -> int:
         # SQLite's data_version changes when another connection commits, for free.

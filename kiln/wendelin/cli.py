@@ -172,6 +172,26 @@ def wendelin() -> None:
     "kiln/wendelin/frontend`; without either the pages show no charts.",
 )
 @limit_option(
+    "--max-slice-mib",
+    _LIMITS.max_slice_bytes >> 20,
+    "Largest slice of an array in one GET /api/arrays/<name>/data (.npy); more: 413.",
+)
+@limit_option(
+    "--max-json-values",
+    _LIMITS.max_json_values,
+    "Values in one array slice asked as JSON (about 20 bytes each); more: 413.",
+)
+@limit_option(
+    "--max-window-buckets",
+    _LIMITS.max_window_buckets,
+    "Buckets of one GET /api/arrays/<name>/window; more: 400.",
+)
+@limit_option(
+    "--max-array-upload-mib",
+    _LIMITS.max_array_upload_bytes >> 20,
+    "Largest .npy body of an array PUT or append (held in memory to check); more: 413.",
+)
+@limit_option(
     "--cpu-queue",
     _LIMITS.cpu_queue,
     "Jobs waiting per worker pool (decompression, large reads); past it: 503 + "
@@ -209,6 +229,10 @@ def serve(
     max_series_entries: int,
     max_series_buckets: int,
     dygraphs: Path | None,
+    max_slice_mib: int,
+    max_json_values: int,
+    max_window_buckets: int,
+    max_array_upload_mib: int,
     cpu_queue: int,
     password_queue: int,
     verbose: bool,
@@ -246,6 +270,10 @@ def serve(
         max_page_entries=max_page_entries,
         max_series_entries=max_series_entries,
         max_series_buckets=max_series_buckets,
+        max_slice_bytes=max_slice_mib << 20,
+        max_json_values=max_json_values,
+        max_window_buckets=max_window_buckets,
+        max_array_upload_bytes=max_array_upload_mib << 20,
         cpu_queue=cpu_queue,
         password_queue=password_queue,
     )

@@ -7,6 +7,7 @@ import fcntl
 import logging
 import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -14,7 +15,8 @@ from typing import TypeVar
 from aiohttp import web
 
 from kiln.common.limits import BoundedExecutor, Busy
-from kiln.wendelin.catalog import Catalog, StreamRecord, open_catalog
+from kiln.wendelin.arrays import ArrayStore, DataArray, UnknownArray
+from kiln.wendelin.catalog import ArrayRecord, Catalog, StreamRecord, open_catalog
 from kiln.wendelin.policies import Policy, PolicyRegistry
 from kiln.wendelin.refusals import Unavailable
 from kiln.wendelin.router import Router
@@ -49,6 +51,11 @@ class Limits:
     max_series_buckets: int = 4_000  # points per field in one GET .../series
     cpu_queue: int = 16  # jobs waiting per worker pool (decompression, large reads)
     password_queue: int = 64  # password checks waiting (about 50 ms each, one at a time)
+    # Data arrays (kiln/wendelin/arrays): what one request may read, ask or send.
+    max_slice_bytes: int = 64 << 20  # one slice of GET /api/arrays/<name>/data (.npy)
+    max_json_values: int = 1_000_000  # values in one slice asked as JSON (about 20 B each)
+    max_window_buckets: int = 10_000  # buckets of GET /api/arrays/<name>/window
+    max_array_upload_bytes: int = 128 << 20  # one .npy body of PUT or append, held to check
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +68,12 @@ class Account:
     def may_read(self, stream: StreamReader) -> bool:
         return self.policy is None or stream.policy == self.policy.name
 
-    def may_write(self, stream: StreamReader) -> bool:
+    def may_write(self, stream: StreamReader | DataArray) -> bool:
         return self.policy is not None and stream.policy == self.policy.name
+
+    def may_read_array(self, array: DataArray) -> bool:
+        """Readers read every array; a policy its own (not those of no policy)."""
+        return self.policy is None or array.policy == self.policy.name
 
 
 class Service:
@@ -95,6 +106,12 @@ class Service:
         self._password_checks = BoundedExecutor("password-check", 1, self.limits.password_queue)
         self.decompressions = BoundedExecutor("decompress", 1, queue)
         self.conversions = BoundedExecutor("convert", 1, queue)
+        # Data arrays, under <root>/arrays; their reads and writes go through these pools
+        # (Zarr's calls block: never on the event loop). One writer: appends to one array
+        # are serialized anyway, and a flood of uploads waits here, not in memory.
+        self.arrays = ArrayStore(os.path.join(self.root, "arrays"))
+        self.array_reads = BoundedExecutor("array-read", 2, queue)
+        self.array_writes = BoundedExecutor("array-write", 1, queue)
 
     async def off_loop(self, pool: BoundedExecutor, function: Callable[..., T], *args: object) -> T:
         """``function(*args)`` in ``pool``; Unavailable (503 + Retry-After) when it is full."""
@@ -186,20 +203,53 @@ class Service:
             )
         self._store.prune_dedup()
 
+    def sync_array_catalog(self) -> None:
+        """Copy every array's description into the catalog, and forget removed ones (reads
+        each array's metadata: in a worker thread)."""
+        names = set(self.arrays.names())
+        for name in names:
+            try:
+                self.save_array_record(self.arrays.open(name))
+            except UnknownArray:  # removed meanwhile
+                names.discard(name)
+        for record in self.catalog.arrays():
+            if record.name not in names:
+                self.catalog.remove_array(record.name)
+
+    def save_array_record(self, array: DataArray) -> None:
+        source = array.provenance
+        self.catalog.save_array(
+            ArrayRecord(
+                array.name,
+                array.policy,
+                array.dtype.str,
+                array.shape,
+                array.chunks,
+                array.attributes,
+                None if source is None else source.stream,
+                None if source is None else source.start,
+                None if source is None else source.stop,
+                time.time(),
+            )
+        )
+
     async def sync_catalog_forever(self, period: float = 5.0) -> None:
         while True:
             await asyncio.sleep(period)
             try:
                 self.sync_catalog()
+                await self.off_loop(self.array_reads, self.sync_array_catalog)
             except Exception:
                 log.exception("catalog sync failed; retrying in %s s", period)
 
     async def close(self) -> None:
         self.start_closing()
         await self._store.close()
-        for pool in (self._password_checks, self.decompressions, self.conversions):
+        pools = (self._password_checks, self.decompressions, self.conversions)
+        for pool in (*pools, self.array_reads, self.array_writes):
             pool.shutdown(wait=True)
         self.sync_catalog()
+        await asyncio.to_thread(self.sync_array_catalog)  # Zarr blocks: not on the loop
         self.catalog.close()
         os.close(self._lock)
 

@@ -1,4 +1,4 @@
-"""Web pages on the same server: policies and streams, and one page per stream.
+"""Web pages on the same server: policies, streams and arrays, and one page per stream.
 
 Server-rendered HTML behind the same HTTP Basic accounts as the API; everything but the
 charts works without script. The charts are dygraphs (``static/charts.js``), which fetch
@@ -16,7 +16,9 @@ from aiohttp import web
 
 from kiln.wendelin import chunks
 from kiln.wendelin.api import describe, to_json_entry
+from kiln.wendelin.arrays.store import PYRAMID_KINDS, DataArray, UnknownArray
 from kiln.wendelin.httputil import readable_stream, require_account, service_of
+from kiln.wendelin.service import Account, Service
 from kiln.wendelin.static import MISSING_DYGRAPHS, STATIC
 from kiln.wendelin.stream_reader import RAW, StreamReader
 
@@ -135,9 +137,29 @@ async def index(request: web.Request) -> web.Response:
         "<th>last ingest</th></tr>"
         + ("".join(stream_rows) or "<tr><td colspan=8 class=muted>no streams yet</td></tr>")
         + "</table>"
+        + _array_table(service, account)
         + upload
     )
     return _page("Policies and data streams", body)
+
+
+def _array_table(service: Service, account: Account) -> str:
+    """The data arrays, from the catalog's copy (refreshed on every write and every few
+    seconds): listing them from their Zarr metadata would block the event loop."""
+    rows = [
+        f"<tr><td><a href='/arrays/{html.escape(array.name)}'>{html.escape(array.name)}"
+        f"</a></td><td>{html.escape(array.policy or '')}</td><td><code>{array.dtype}</code></td>"
+        f"<td class=n>{' × '.join(map(str, array.shape))}</td>"
+        f"<td>{html.escape(array.source_stream or '')}</td><td>{_when(array.updated)}</td></tr>"
+        for array in service.catalog.arrays()
+        if account.policy is None or array.policy == account.policy.name
+    ]
+    return (
+        "<h2>Data arrays</h2><table><tr><th>array</th><th>policy</th><th>dtype</th>"
+        "<th>shape</th><th>source stream</th><th>updated</th></tr>"
+        + ("".join(rows) or "<tr><td colspan=6 class=muted>no arrays yet</td></tr>")
+        + "</table>"
+    )
 
 
 def _key(value: float) -> float:
@@ -238,6 +260,91 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
         response.headers.update(HTML_SECURITY_HEADERS)
 
 
+MAX_COLUMN_LINKS = 32  # columns of a 2-D array offered as links above its chart
+
+
+async def array_page(request: web.Request) -> web.Response:
+    """An array's metadata, provenance and a zoomable min/max chart of one column."""
+    account = require_account(request)
+    service = service_of(request)
+    name = request.match_info["name"]
+    try:
+        # Opening reads Zarr metadata from disk: in the array pool, as the API does.
+        array = await service.off_loop(service.array_reads, _readable_array, service, account, name)
+    except UnknownArray:
+        raise web.HTTPNotFound(text=f"no array named {name!r}\n") from None
+    column = request.query.get("column", "0")
+    columns = array.shape[1] if len(array.shape) == 2 else 1
+    if not column.isdigit() or int(column) >= columns:
+        raise web.HTTPBadRequest(text=f"?column= must be a column of shape {array.shape}\n")
+    quoted = quote(array.name)
+    source = array.provenance
+    provenance = "<span class=muted>none (written directly)</span>"
+    if source is not None:
+        stream = html.escape(source.stream)
+        provenance = (
+            f"stream <a href='/streams/{quote(source.stream)}'>{stream}</a>, "
+            f"bytes {source.start}–{source.stop}"
+        )
+    facts = "".join(
+        f"<tr><th>{label}</th><td>{value}</td></tr>"
+        for label, value in (
+            ("policy", html.escape(array.policy or "") or "<span class=muted>none</span>"),
+            ("dtype", f"<code>{html.escape(array.dtype.str)}</code> ({array.dtype.name})"),
+            ("shape", " × ".join(map(str, array.shape))),
+            ("chunks", " × ".join(map(str, array.chunks))),
+            ("source", provenance),
+            (
+                "attributes",
+                f"<pre>{html.escape(json.dumps(array.attributes, indent=1, ensure_ascii=False))}"
+                "</pre>",
+            ),
+        )
+    )
+    body = (
+        f"<table>{facts}</table><p><a href='/api/arrays/{quoted}'>metadata as JSON</a> · "
+        f"<a href='/api/arrays/{quoted}/data?slice=0:{min(len(array), 1000)}&amp;format=json'>"
+        "first rows as JSON</a> · "
+        f"<a href='/api/arrays/{quoted}/data'>download (.npy)</a></p>"
+    )
+    charts = False
+    if array.dtype.kind in PYRAMID_KINDS and len(array.shape) <= 2 and len(array) > 0:
+        if columns > 1:
+            links = (
+                f"<b>{number}</b>"
+                if number == int(column)
+                else f"<a href='?column={number}'>{number}</a>"
+                for number in range(min(columns, MAX_COLUMN_LINKS))
+            )
+            body += f"<p>Column: {' '.join(links)}</p>"
+        placeholder, charts = chart(
+            request,
+            "array",
+            f"/api/arrays/{quoted}/window",
+            column=column,
+            length=str(len(array)),
+        )
+        body += (
+            "<h2>Values by row</h2><p class=muted>Min and max per bucket, from the array's "
+            "pyramid. Drag across the chart to zoom in (finer data is fetched); double-click "
+            f"to zoom out.</p>{placeholder}"
+        )
+    else:
+        body += (
+            "<p class=muted>No chart: only non-empty integer or float arrays of 1 or 2 "
+            "dimensions have one.</p>"
+        )
+    return _page(f"Array {array.name}", body, charts)
+
+
+def _readable_array(service: Service, account: Account, name: str) -> DataArray:
+    array = service.arrays.open(name)
+    if not account.may_read_array(array):
+        raise UnknownArray(name)  # not even its existence
+    return array
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/", index)
     app.router.add_get("/streams/{name}", stream_page)
+    app.router.add_get("/arrays/{name}", array_page)

@@ -136,13 +136,13 @@
   }
 
   // A data array: min and max per bucket of one column over the row index.
-  function arraySource(url, column) {
+  function arraySource(url, column, length) {
     return {
       async load(range, buckets) {
         const params = { buckets, column };
         if (range) {
-          params.start = Math.max(0, Math.floor(range[0]));
-          params.stop = Math.ceil(range[1]) + 1;
+          params.start = Math.min(length - 1, Math.max(0, Math.floor(range[0])));
+          params.stop = Math.max(params.start + 1, Math.min(length, Math.ceil(range[1]) + 1));
         }
         const answer = await getJSON(url, params);
         const rows = answer.min.map((low, i) => [
@@ -175,7 +175,11 @@
     const kind = container.dataset.kind;
     const source =
       kind === "array"
-        ? arraySource(container.dataset.url, Number(container.dataset.column || 0))
+        ? arraySource(
+            container.dataset.url,
+            Number(container.dataset.column || 0),
+            Number(container.dataset.length),
+          )
         : streamSource(container.dataset.url);
     const set = new ChartSet(container, source);
     container.chartSet = set; // for tests and the browser console

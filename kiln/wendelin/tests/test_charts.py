@@ -162,3 +162,59 @@ def test_without_dygraphs_the_page_says_how_to_install_it(tmp_path) -> None:
     assert "Charts need dygraphs" in page and "npm ci --prefix kiln/wendelin/frontend" in page
     assert "<script" not in page and library_status == 404
     assert "Latest entries" in page  # the rest of the page is there
+
+
+def test_array_page_shows_metadata_and_a_drag_fetches_a_finer_window(turbine, tmp_path) -> None:
+    """A million-row array with provenance, written by the store as a transformation would."""
+    import numpy as np
+
+    from kiln.wendelin.arrays.store import ArrayStore, Provenance
+
+    rows = np.arange(1_000_000, dtype=np.float32)
+    values = np.sin(rows / 20_000) * 100 + (rows % 997) / 100
+    store = ArrayStore(os.path.join(turbine.server.root, "arrays"))
+    array = store.create(
+        "turbine.wave",
+        np.float32,
+        attributes={"unit": "mm", "rate": 1000},
+        policy="turbines",
+        source=Provenance("sensor.chart", 0, 52_800),
+    )
+    array.append(values, consumed=52_800)
+
+    with Browser() as browser:
+        page = browser.open(f"{turbine.url}/arrays/turbine.wave", basic(turbine.auth()))
+        page.wait_for("document.querySelector('.charts')?.dataset.state === 'ready'")
+        text = page.evaluate("document.body.innerText")
+        assert "<f4 (float32)" in text and "1000000" in text and '"unit": "mm"' in text
+        link = page.evaluate("document.querySelector('a[href=\"/streams/sensor.chart\"]')?.href")
+        assert link and "bytes 0–52800" in text  # provenance, linking to the source stream
+        assert page.evaluate("document.querySelectorAll('.chart canvas').length") >= 1
+        shot = str(tmp_path / "wendelin-array-chart.png")
+        page.screenshot(shot)
+        keep(shot)
+
+        first = page.evaluate("document.querySelector('.chart-note').textContent")
+        box = page.evaluate(
+            "(() => { const r = document.querySelector('.chart-plot canvas')"
+            ".getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; })()"
+        )
+        left, top, width, height = box
+        page.drag(left + width * 0.3, top + height / 2, left + width * 0.35, top + height / 2)
+        page.wait_for(
+            "document.querySelector('.charts').dataset.state === 'ready' && "
+            "document.querySelector('.chart-note').textContent !== " + repr(first)
+        )
+        windows = [parse_qs(urlsplit(url).query) for url in page.requests if "/window?" in url]
+        assert len(windows) == 2 and "start" not in windows[0]  # the whole array first
+        start, stop = int(windows[1]["start"][0]), int(windows[1]["stop"][0])
+        assert 250_000 < start < stop < 400_000 and stop - start < 80_000
+        shot = str(tmp_path / "wendelin-array-chart-zoomed.png")
+        page.screenshot(shot)
+        keep(shot)
+        assert page.errors == [], page.requests
+
+    missing = requests.get(f"{turbine.url}/arrays/no.such", auth=turbine.auth())
+    assert missing.status_code == 404
+    bad = requests.get(f"{turbine.url}/arrays/turbine.wave?column=3", auth=turbine.auth())
+    assert bad.status_code == 400 and "column" in bad.text
