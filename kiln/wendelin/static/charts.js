@@ -10,6 +10,14 @@
 (function () {
   const HEIGHT = 180;
 
+  // dygraphs writes its axis label as HTML (its legend escapes labels itself); field names come
+  // from the stored records.
+  function escapeHTML(text) {
+    const element = document.createElement("span");
+    element.textContent = text;
+    return element.innerHTML;
+  }
+
   function say(container, text) {
     container.querySelector(".chart-note").textContent = text;
   }
@@ -53,7 +61,7 @@
       }
       if (number !== this.loading) return; // a newer zoom is on its way
       this.draw(answer, range);
-      say(this.container, answer.note);
+      say(this.container, this.charts.size ? answer.note : "No numeric values to plot here.");
       this.container.dataset.state = "ready";
     }
 
@@ -80,7 +88,7 @@
         const chart = new Dygraph(plot, series.rows, {
           labels: series.labels,
           customBars: series.bars,
-          ylabel: name,
+          ylabel: escapeHTML(name),
           labelsDiv: legend,
           legend: "always",
           labelsUTC: true,
@@ -92,7 +100,6 @@
         });
         this.charts.set(name, chart);
       }
-      if (this.charts.size === 0) say(this.container, "No numeric values to plot here.");
     }
 
     zoomed(chart, low, high) {

@@ -97,6 +97,19 @@ def test_stream_chart_renders_and_a_drag_fetches_a_finer_window(turbine, tmp_pat
         assert page.errors == [], page.requests
 
 
+def test_hostile_field_names_are_shown_as_text(turbine) -> None:
+    name = "<img src=x id=injected>"
+    body = b"".join(msgpack.packb([eventtime.pack(T0 + n), {name: n}]) for n in range(5))
+    url = f"{turbine.url}/ingestion_policies/turbines/ingest?reference=sensor.hostile"
+    assert requests.post(url, data=body, auth=turbine.auth()).status_code == 204
+    with Browser() as browser:
+        page = browser.open(f"{turbine.url}/streams/sensor.hostile", basic(turbine.auth()))
+        page.wait_for("document.querySelector('.charts')?.dataset.state === 'ready'")
+        assert page.evaluate("document.querySelector('.dygraph-ylabel').textContent") == name
+        assert page.evaluate("document.getElementById('injected')") is None
+        assert page.errors == []
+
+
 def test_pages_keep_a_strict_policy_and_serve_dygraphs_from_here(turbine) -> None:
     response = requests.get(f"{turbine.url}/streams/sensor.chart", auth=turbine.auth())
     policy = response.headers["Content-Security-Policy"]
