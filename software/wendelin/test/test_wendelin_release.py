@@ -132,6 +132,16 @@ def test_instance_serves_ingest_with_generated_credentials_and_is_idempotent(
         policy = json.loads(credentials_file.read_text())
         assert policy["password"]
         assert ingest(f"http://127.0.0.1:{http_port}", policy, "sensor.a", [{"v": 1}]) == 204
+        # The pages' charts: dygraphs from the release's part (--dygraphs), our script from the
+        # installed package's data.
+        dist = warm_build.software_dir / "parts" / "dygraphs" / "dist"
+        for path, expected in (
+            ("/static/dygraphs/dygraph.min.js", (dist / "dygraph.min.js").read_bytes()),
+            ("/static/charts.js", None),
+        ):
+            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}{path}") as answer:
+                body = answer.read()
+            assert body == expected if expected else b"Dygraph" in body
 
         pid_before = (root / "var" / "run" / "supervisord.pid").read_text()
         again = CliRunner().invoke(
