@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from kiln.software.build import BuildResult
-from kiln.software.seed import seed_debian_package
+from kiln.software.seed import seed_debian_package, seed_npm_package
 from kiln.testing.fluentd import seed_fluentd_source
 from kiln.testing.releases import (
     DEBIAN_SOURCES,
+    NPM_PACKAGES,
     CacheFixture,
     build_snapshot_release,
     snapshot_repository,
@@ -24,12 +25,14 @@ from kiln.testing.releases import (
 
 @pytest.fixture(scope="session")
 def release_cache(tmp_path_factory: pytest.TempPathFactory):
-    """A real `kiln cache serve`, seeded with the sources the releases build: Debian's, and
-    fluentd's archive from ../shared/peers/ under its upstream URL (as an offline site is)."""
+    """A real `kiln cache serve`, seeded with the sources the releases build: Debian's, npm's,
+    and fluentd's archive from ../shared/peers/ under its upstream URL (as an offline site is)."""
     running = start_test_cache(tmp_path_factory.mktemp("release-cache"))
     client = running.client(upload=True)
     for spec in DEBIAN_SOURCES:
         seed_debian_package(client, spec)
+    for spec in NPM_PACKAGES:  # software/wendelin's dygraphs: images build with no registry
+        seed_npm_package(client, spec)
     seed_fluentd_source(client)
     yield running
     running.stop()

@@ -17,9 +17,9 @@ from kiln.images import manifest
 from kiln.images.bake import CacheAccess, bake
 from kiln.images.boottest import run_boot_test
 from kiln.images.template import load_template
-from kiln.software.seed import seed_debian_package
+from kiln.software.seed import seed_debian_package, seed_npm_package
 from kiln.testing.fluentd import seed_fluentd_source
-from kiln.testing.releases import DEBIAN_SOURCES, start_test_cache
+from kiln.testing.releases import DEBIAN_SOURCES, NPM_PACKAGES, start_test_cache
 
 pytestmark = [
     pytest.mark.slow,
@@ -36,6 +36,8 @@ def image_cache(tmp_path_factory):
     client = cache.client(upload=True)
     for spec in DEBIAN_SOURCES:
         seed_debian_package(client, spec)
+    for spec in NPM_PACKAGES:  # software/wendelin's dygraphs: images build with no registry
+        seed_npm_package(client, spec)
     seed_fluentd_source(client)  # software/monitor's fluentd: no registry carries it
     yield cache
     cache.stop()

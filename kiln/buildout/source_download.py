@@ -20,7 +20,7 @@ from typing import Any
 import zc.buildout
 import zc.buildout.download
 
-from kiln.buildout import debian_sources
+from kiln.buildout import debian_sources, npm_registry
 from kiln.shacache.client import CacheClient, CacheError
 
 log = logging.getLogger("kiln.source-cache")
@@ -93,10 +93,14 @@ class SourceCache:
         return None
 
     def from_network(self, original: DownloadFunction, download: Any, url: str, md5sum: str | None):
-        if not debian_sources.is_debian_source(url):
+        if debian_sources.is_debian_source(url):
+            fetch = debian_sources.fetch
+        elif npm_registry.is_npm_package(url):
+            fetch = npm_registry.fetch
+        else:
             return original(download, url, md5sum, None)
-        with tempfile.TemporaryDirectory(prefix="kiln-apt-source-") as workdir:
-            fetched = debian_sources.fetch(url, Path(workdir))
+        with tempfile.TemporaryDirectory(prefix="kiln-registry-source-") as workdir:
+            fetched = fetch(url, Path(workdir))
             if not md5_matches(fetched, md5sum):
                 raise zc.buildout.download.ChecksumError(f"MD5 checksum mismatch for {url}")
             name = str(_temporary_path())

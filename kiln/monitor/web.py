@@ -1,8 +1,8 @@
 """The monitor page, its JSON status endpoint and an Atom feed of promise changes.
 
-Everything but /healthz needs the instance's generated account (HTTP Basic).  Plots are the
-Wendelin stream pages' own SVG charts (:mod:`kiln.wendelin.plot`), drawn from the latest
-entries of each resource stream read through Wendelin's stream API; each plot links to its
+Everything but /healthz needs the instance's generated account (HTTP Basic).  Plots are
+server-side SVG charts (:mod:`kiln.wendelin.plot`; no script on this page), drawn from the
+latest entries of each resource stream read through Wendelin's stream API; each plot links to its
 stream's page there.
 """
 

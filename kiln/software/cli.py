@@ -158,6 +158,14 @@ def check_command(release: str, software_dir: Path | None) -> None:
     "`apt-get source --download-only`) instead of from apt.",
 )
 @click.option(
+    "--npm",
+    "npm_packages",
+    multiple=True,
+    metavar="NAME@VERSION",
+    help="Seed this npm package's tarball (from the registry npm is configured with here), "
+    "under the URL npm:NAME@VERSION that kiln:npm-package parts download. Repeatable.",
+)
+@click.option(
     "--file",
     "files",
     multiple=True,
@@ -167,7 +175,11 @@ def check_command(release: str, software_dir: Path | None) -> None:
 @cache_option("url")
 @cache_option("signing_key_file")
 def seed_sources_command(
-    packages: tuple[str, ...], from_dir: Path | None, files: tuple[str, ...], **flags: object
+    packages: tuple[str, ...],
+    from_dir: Path | None,
+    npm_packages: tuple[str, ...],
+    files: tuple[str, ...],
+    **flags: object,
 ) -> None:
     """Put source tarballs into the cache for sites whose network sources are unreachable.
 
@@ -179,13 +191,14 @@ def seed_sources_command(
       kiln software seed-sources --cache http://uploader:PW@127.0.0.1:5080 \\
           --sign-with builder.key --apt libzstd=1.5.4+dfsg2-5
       kiln software seed-sources ... --apt libzstd=1.5.4+dfsg2-5 --from-dir ./debian-sources
+      kiln software seed-sources ... --npm dygraphs@2.2.2
       kiln software seed-sources ... --file ./zstd-1.5.4.tar.gz=https://example.org/zstd.tar.gz
     """
     from kiln.shacache.client import CacheClient, CacheError
-    from kiln.software.seed import seed_debian_package, seed_file
+    from kiln.software.seed import seed_debian_package, seed_file, seed_npm_package
 
-    if not packages and not files:
-        fail("nothing to seed: give --apt PACKAGE=VERSION and/or --file PATH=URL")
+    if not packages and not files and not npm_packages:
+        fail("nothing to seed: give --apt PACKAGE=VERSION, --npm NAME@VERSION or --file PATH=URL")
     config = cache_config(**flags)
     if not config.names_a_cache:
         fail("give --cache URL (with upload credentials) or set $KILN_CACHE_URL")
@@ -198,6 +211,8 @@ def seed_sources_command(
         client = CacheClient.from_config(config)
         for spec in packages:
             seeded += seed_debian_package(client, spec, from_dir)
+        for spec in npm_packages:
+            seeded.append(seed_npm_package(client, spec))
         for pair in files:
             path, sep, url = pair.partition("=")
             if not sep or not Path(path).is_file():

@@ -9,6 +9,8 @@ Two ways in:
   under the mirror-free URL ``debian-source:PACKAGE=VERSION/FILE`` the profiles use.  With
   ``from_dir`` the files are taken from a directory instead (fetched elsewhere and carried
   to an offline site);
+- npm packages: the tarball of ``NAME@VERSION`` from the registry this machine's npm is
+  configured with, under the registry-free URL ``npm:NAME@VERSION`` (``kiln:npm-package``);
 - any local file under the URL a profile names.
 """
 
@@ -19,7 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from kiln.buildout import debian_sources
+from kiln.buildout import debian_sources, npm_registry
 from kiln.buildout.source_download import source_key
 
 
@@ -68,3 +70,10 @@ def seed_debian_package(client, spec: str, from_dir: Path | None = None) -> list
             url = str(debian_sources.DebianSourceURL(package, version, path.name))
             seeded.append(seed_file(client, path, url))
     return seeded
+
+
+def seed_npm_package(client, spec: str) -> Seeded:
+    """Seed the tarball of npm package ``spec`` (``NAME@VERSION``, an exact version)."""
+    url = str(npm_registry.NpmPackageURL.parse(f"{npm_registry.SCHEME}:{spec}"))
+    with tempfile.TemporaryDirectory(prefix="kiln-seed-") as tmp:
+        return seed_file(client, npm_registry.fetch(url, Path(tmp)), url)

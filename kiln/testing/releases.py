@@ -23,6 +23,8 @@ def build_snapshot_release(
 
 # The Debian source packages the releases compile (component/*/buildout.cfg `debian-source:` URLs).
 DEBIAN_SOURCES = ("libzstd=1.5.4+dfsg2-5",)
+# The npm packages they fetch (component/*/buildout.cfg `kiln:npm-package` parts).
+NPM_PACKAGES = ("dygraphs@2.2.2",)
 
 
 def snapshot_repository(dest: Path) -> Path:

@@ -4,7 +4,9 @@ upload, are an input (``inputs.stream_api``).
 * ``GET /api/streams`` and ``GET /api/streams/<name>``: JSON listings with statistics;
 * ``GET|HEAD /api/streams/<name>/data``: the stored bytes, whole or by ``Range``;
 * ``GET /api/streams/<name>/entries?start=&stop=&since=&until=&limit=&format=``: entries by
-  index or time, as msgpack (default) or JSON, paged with the ``X-Next-Start`` header.
+  index or time, as msgpack (default) or JSON, paged with the ``X-Next-Start`` header;
+* ``GET /api/streams/<name>/series?since=&until=&buckets=``: min, max and mean per time
+  bucket of each numeric field (``series.downsample``), for the charts.
 """
 
 import base64
@@ -15,9 +17,9 @@ import re
 import msgpack
 from aiohttp import web
 
-from kiln.wendelin import chunks, eventtime
+from kiln.wendelin import chunks, eventtime, series
 from kiln.wendelin.httputil import Failure, error, readable_stream, require_account, service_of
-from kiln.wendelin.stream_reader import StreamReader
+from kiln.wendelin.stream_reader import ENTRIES, StreamKindError, StreamReader
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)\Z")
 DEFAULT_ENTRIES_PER_PAGE = 10_000
@@ -142,6 +144,55 @@ async def stream_entries(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type=kind, headers=headers)
 
 
+DEFAULT_SERIES_BUCKETS = 1_000
+
+
+async def stream_series(request: web.Request) -> web.Response:
+    """Downsampled numeric fields of an entry stream over [since, until) (default: all of it).
+
+    ``buckets`` above ``--max-series-buckets`` is lowered to it; the answer says how many it
+    used. At most ``--max-series-entries`` entries are read (``complete`` false past them).
+    """
+    stream = readable_stream(request, require_account(request))
+    if stream.kind != ENTRIES:
+        raise StreamKindError(f"stream {stream.name} holds raw bytes: it has no series")
+    service = service_of(request)
+    limits = service.limits
+    asked = _number(request, "buckets")
+    buckets = DEFAULT_SERIES_BUCKETS if asked is None else int(asked)
+    buckets = min(buckets, limits.max_series_buckets)
+    since = _number(request, "since", float)
+    until = _number(request, "until", float)
+    whole = series.default_window(stream)
+    if whole is None and (since is None or until is None):
+        # No entry has a time yet: nothing to plot, and no window to default to.
+        return web.json_response(
+            {
+                "stream": stream.name,
+                "entries": 0,
+                "complete": True,
+                "time": [],
+                "count": [],
+                "fields": {},
+            }
+        )
+    if whole is not None:
+        since = whole[0] if since is None else since
+        until = whole[1] if until is None else until
+    assert since is not None and until is not None
+    series.check_window(since, until, buckets)  # a 400 before taking a worker
+    answer = await service.off_loop(
+        service.conversions,
+        series.downsample,
+        stream,
+        since,
+        until,
+        buckets,
+        limits.max_series_entries,
+    )
+    return web.json_response(answer)
+
+
 def to_json_entry(entry: list) -> list:
     """``[seconds, record]`` with bytes shown as text when they are UTF-8, else base64.
 
@@ -178,3 +229,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/streams/{name}", show_stream)
     app.router.add_get("/api/streams/{name}/data", stream_data)  # GET also answers HEAD
     app.router.add_get("/api/streams/{name}/entries", stream_entries)
+    app.router.add_get("/api/streams/{name}/series", stream_series)

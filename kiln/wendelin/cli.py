@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -18,6 +19,7 @@ from kiln.wendelin.options import ROOT_OPTION
 from kiln.wendelin.policies import PolicyRegistry, hash_password
 from kiln.wendelin.record_time import TimeKey
 from kiln.wendelin.service import Limits
+from kiln.wendelin.static import DygraphsMissing, find_dygraphs
 from kiln.wendelin.transform import cli as transform_cli
 
 _LIMITS = Limits()  # the defaults of the serve options that set limits
@@ -147,6 +149,26 @@ def wendelin() -> None:
     "Entries in one page of GET /api/streams/<name>/entries (more: X-Next-Start).",
 )
 @limit_option(
+    "--max-series-entries",
+    _LIMITS.max_series_entries,
+    "Entries one GET /api/streams/<name>/series reads; a window holding more is answered "
+    "from its first ones, marked incomplete (zoom in for the rest).",
+)
+@limit_option(
+    "--max-series-buckets",
+    _LIMITS.max_series_buckets,
+    "Points per field in one GET /api/streams/<name>/series (more asked: this many).",
+)
+@click.option(
+    "--dygraphs",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    envvar="WENDELIN_DYGRAPHS",
+    help="Directory holding dygraph.min.js and dygraph.min.css (the dist/ of npm's dygraphs "
+    "package; the release's dygraphs part) for the pages' charts (env WENDELIN_DYGRAPHS). "
+    "Default: the checkout's kiln/wendelin/frontend/node_modules after `npm ci --prefix "
+    "kiln/wendelin/frontend`; without either the pages show no charts.",
+)
+@limit_option(
     "--max-slice-mib",
     _LIMITS.max_slice_bytes >> 20,
     "Largest slice of an array in one GET /api/arrays/<name>/data (.npy); more: 413.",
@@ -225,6 +247,9 @@ def serve(
     max_open_streams: int,
     max_record_depth: int,
     max_page_entries: int,
+    max_series_entries: int,
+    max_series_buckets: int,
+    dygraphs: Path | None,
     max_slice_mib: int,
     max_json_values: int,
     max_window_buckets: int,
@@ -270,6 +295,8 @@ def serve(
         max_open_streams=max_open_streams,
         max_record_depth=max_record_depth,
         max_page_entries=max_page_entries,
+        max_series_entries=max_series_entries,
+        max_series_buckets=max_series_buckets,
         max_slice_bytes=max_slice_mib << 20,
         max_json_values=max_json_values,
         max_window_buckets=max_window_buckets,
@@ -284,6 +311,10 @@ def serve(
     except ValueError as problem:
         raise click.BadParameter(str(problem)) from None
     try:
+        dygraphs = find_dygraphs(dygraphs)
+    except DygraphsMissing as problem:
+        raise click.BadParameter(str(problem), param_hint="--dygraphs") from None
+    try:
         asyncio.run(
             run(
                 root,
@@ -296,6 +327,7 @@ def serve(
                 transforms=TransformSettings(
                     scheduler_address=dask_scheduler, batch_bytes=transform_batch_mib << 20
                 ),
+                dygraphs=dygraphs,
             )
         )
     except (RootInUse, OSError) as problem:

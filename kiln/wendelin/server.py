@@ -4,12 +4,13 @@ import asyncio
 import logging
 import signal
 import ssl
+from pathlib import Path
 
 from aiohttp import web
 
 from kiln.common.connection_limits import ConnectionCap, capped_protocol
 from kiln.common.serving import raise_open_file_limit, replace_server_banner
-from kiln.wendelin import api
+from kiln.wendelin import api, static
 from kiln.wendelin import web as pages
 from kiln.wendelin.arrays import api as array_api
 from kiln.wendelin.httputil import SERVICE, credentials, failures, same_origin
@@ -30,7 +31,9 @@ async def health(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
-def make_app(service: Service) -> web.Application:
+def make_app(service: Service, dygraphs: Path | None = None) -> web.Application:
+    """The HTTP app; ``dygraphs``: the directory of dygraph.min.js for the charts (None: the
+    pages show how to install it instead)."""
     # The body limit is enforced by the handlers, which stream; aiohttp's own limit only
     # applies to request.post() forms.
     # Cross-site writes are refused before any password is checked; refusals from the
@@ -48,6 +51,7 @@ def make_app(service: Service) -> web.Application:
     api.add_routes(app)
     array_api.add_routes(app)
     pages.add_routes(app)
+    static.add_routes(app, static.StaticFiles(dygraphs))
     return app
 
 
@@ -68,6 +72,7 @@ async def serve(
     forward_tls: ssl.SSLContext | None = None,
     catalog: Catalog | None = None,
     transforms: TransformSettings | None = None,
+    dygraphs: Path | None = None,
 ) -> None:
     # on_response_prepare (pages.security_headers) never sees the 400 aiohttp writes itself
     # for a malformed request: those take the process-wide banner, which carried the versions.
@@ -75,7 +80,7 @@ async def serve(
     log.info("open files limit: %d", raise_open_file_limit())
     service = Service(root, limits, catalog)
     transformer = Runner(service.root, service.streams, service.arrays, transforms)
-    app = make_app(service)
+    app = make_app(service, dygraphs)
     transform_web.attach(app, transformer)
     runner = web.AppRunner(app, access_log_format=ACCESS_LOG_FORMAT, handle_signals=False)
     await runner.setup()
@@ -106,6 +111,8 @@ async def serve(
             decompressions=service.decompressions,
         )
         forward_server = await forward.start(*forward_listen, ssl_context=forward_tls)
+    if dygraphs is None:
+        log.warning("dygraphs not found: the pages show no charts (see --dygraphs)")
     log.info(
         "serving root %s: %s on %s:%d, forward on %s",
         service.root,

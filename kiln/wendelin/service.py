@@ -51,6 +51,8 @@ class Limits:
     # in_http's time_key and keep_time_key (record_time.py).
     time_key: TimeKey = field(default_factory=TimeKey)
     max_page_entries: int = 100_000  # entries in one page of GET .../entries
+    max_series_entries: int = 1_000_000  # entries one GET .../series reads (then: zoom in)
+    max_series_buckets: int = 4_000  # points per field in one GET .../series
     cpu_queue: int = 16  # jobs waiting per worker pool (decompression, large reads)
     password_queue: int = 64  # password checks waiting (about 50 ms each, one at a time)
     # Data arrays (kiln/wendelin/arrays): what one request may read, ask or send.

@@ -30,6 +30,7 @@ PARTS = (
     "zstd",
     "supervisor",
     "kiln",
+    "dygraphs",
     "jupyterlab",
     "instance-base",
     "instance-profile",
@@ -65,6 +66,10 @@ def test_cold_build_compiles_and_uploads_every_part(wendelin_cold_build: BuildRe
     report = json.loads((wendelin_cold_build.software_dir / ".kiln-binary-cache.json").read_text())
     # The zstd tarball came from the seeded cache (file-urlmd5 key), not from the network.
     assert any("libzstd_1.5.4+dfsg2.orig.tar.xz: from cache" in e for e in report["sources"])
+    # dygraphs from npm, seeded likewise, and the files the service serves from the part.
+    assert any("npm:dygraphs@2.2.2: from cache" in e for e in report["sources"])
+    dist = wendelin_cold_build.software_dir / "parts" / "dygraphs" / "dist"
+    assert (dist / "dygraph.min.js").stat().st_size > 100_000
 
 
 def test_warm_build_in_a_fresh_directory_hits_every_part(
@@ -106,6 +111,7 @@ def test_leaf_option_change_rebuilds_only_that_part_and_dependents(
         "zstd": "built",
         "supervisor": "hit",
         "kiln": "hit",
+        "dygraphs": "hit",
         "jupyterlab": "hit",
         "instance-base": "hit",
         "instance-profile": "built",  # renders ${zstd:location}
@@ -144,6 +150,16 @@ def test_instance_serves_ingest_with_generated_credentials_and_is_idempotent(
         policy = json.loads(credentials_file.read_text())
         assert policy["password"]
         assert ingest(f"http://127.0.0.1:{http_port}", policy, "sensor.a", [{"v": 1}]) == 204
+        # The pages' charts: dygraphs from the release's part (--dygraphs), our script from the
+        # installed package's data.
+        dist = warm_build.software_dir / "parts" / "dygraphs" / "dist"
+        for path, expected in (
+            ("/static/dygraphs/dygraph.min.js", (dist / "dygraph.min.js").read_bytes()),
+            ("/static/charts.js", None),
+        ):
+            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}{path}") as answer:
+                body = answer.read()
+            assert body == expected if expected else b"Dygraph" in body
 
         pid_before = (root / "var" / "run" / "supervisord.pid").read_text()
         again = CliRunner().invoke(
