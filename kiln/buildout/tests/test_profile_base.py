@@ -50,5 +50,5 @@ def test_upstream_buildout_alone_refuses_the_option(tmp_path: Path) -> None:
 
 
 def test_a_remote_profile_base_is_its_normalised_url() -> None:
-    source = "http://127.0.0.1:8080/software/x/../../component/liba/buildout.cfg"
+    source = "http://127.0.0.1:8080/software/NAME/../../component/liba/buildout.cfg"
     assert _base_of(source) == "http://127.0.0.1:8080/component/liba"

@@ -34,15 +34,18 @@ class _RecordingHandler(SimpleHTTPRequestHandler):
 
 @pytest.fixture
 def served_chain(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
-    """The chain's profile tree over HTTP: (base URL, paths requested so far)."""
-    root = copy_chain(tmp_path / "served").parent.parent
+    """The chain's profile tree over HTTP: (URL of its release profile, paths requested so
+    far)."""
+    release = copy_chain(tmp_path / "served")
+    root = release.parent.parent
     requested: list[str] = []
     handler = type("Handler", (_RecordingHandler,), {"requested": requested})
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(root)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", requested
+        profile = (release / "software.cfg").relative_to(root).as_posix()
+        yield f"http://127.0.0.1:{server.server_address[1]}/{profile}", requested
     finally:
         server.shutdown()
         server.server_close()
@@ -55,9 +58,7 @@ def test_a_release_extending_a_remote_profile_fetches_files_next_to_it(
     url, requested = served_chain
     release = tmp_path / "local" / "release"
     release.mkdir(parents=True)
-    (release / "software.cfg").write_text(
-        f"[buildout]\nextends = {url}/software/chain/software.cfg\n"
-    )
+    (release / "software.cfg").write_text(f"[buildout]\nextends = {url}\n")
     result = build_release(
         release, tmp_path / "software", None, quiet=True, shared_dir=tmp_path / "shared"
     )
