@@ -51,11 +51,17 @@ def boot_once(image: Path, description: dict, workdir: Path, timeout: float) -> 
     return vm, vm.ready_seconds()
 
 
-def boot_profile(vm: VM, lines: int = 12) -> str:
-    """`systemd-analyze` and the slowest units of the boot, read over SSH."""
+def boot_profile(vm: VM, instances: list[str], lines: int = 15) -> str:
+    """`systemd-analyze`, the slowest units (blame) and the chain each instance's unit waited
+    on (critical-chain), read over SSH: where the time to ready goes."""
     total = vm.ssh("systemd-analyze", check=False).stdout.strip()
     blame = vm.ssh("systemd-analyze", "blame", "--no-pager", check=False).stdout.splitlines()
-    return "\n".join([total, *blame[:lines]])
+    units = [f"kiln-instance@{name}.service" for name in instances]
+    chain = vm.ssh(
+        "systemd-analyze", "critical-chain", "--no-pager", *units, check=False
+    ).stdout.splitlines()
+    chain = [line for line in chain if not line.startswith(("The time", "The time when"))]
+    return "\n".join([total, "blame:", *blame[:lines], "critical-chain:", *chain])
 
 
 def fresh_credentials(first: dict, second: dict) -> Result:
@@ -90,11 +96,11 @@ def run_boot_test(
             report.ready_seconds.append(seconds)
             progress(f"kiln-ready after {seconds:.0f} s")
             credentials = vm.credentials()
-            report.profile = boot_profile(vm)
+            report.profile = boot_profile(vm, [i["name"] for i in description["instances"]])
             report.results = run_checks(vm, description, tests, credentials)
         finally:
             vm.stop()
-        progress("boot profile (systemd-analyze blame):")
+        progress("boot profile (systemd-analyze):")
         for line in report.profile.splitlines():
             progress(f"  {line.strip()}")
         for result in report.results:

@@ -14,7 +14,6 @@ the same status as JSON over HTTP on the status port.
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -138,8 +137,12 @@ def ready_main() -> None:
 
 
 def up_main(name: str) -> None:
-    image = load_image()
-    raise SystemExit(subprocess.call(up_command(image, name)))
+    """`kiln instance up`, in this process: a second interpreter start and import of the CLI
+    costs seconds on an emulated CPU, on the path to readiness."""
+    from kiln.software.cli import instance
+
+    command = up_command(load_image(), name)
+    instance.main(args=command[2:], prog_name="kiln instance")
 
 
 def credentials() -> dict[str, dict[str, str]]:

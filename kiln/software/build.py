@@ -18,7 +18,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from kiln.buildout.extension import CALLER_PRINTS_SUMMARY, REPORT_FILE
 from kiln.shacache.config import CacheConfig, networkcache_lines, parse_cache_config
 
 GENERATED_PROFILE = "kiln-build.cfg"
@@ -145,6 +144,10 @@ def run_buildout(profile: Path, directory: Path, quiet: bool = False) -> None:
         "install",
     ]
     output = subprocess.PIPE if quiet else None
+    # Here, not at the top: zc.buildout takes a second to import on a slow CPU, and what
+    # imports this module for instances (status checks, the monitor) never needs it.
+    from kiln.buildout.extension import CALLER_PRINTS_SUMMARY
+
     environment = {**os.environ, CALLER_PRINTS_SUMMARY: "1"}
     result = subprocess.run(
         command,
@@ -180,6 +183,8 @@ def build_release(
     profile = write_build_profile(
         release_dir, software_dir, cache or parse_cache_config(), options or {}, shared_dir
     )
+    from kiln.buildout.extension import REPORT_FILE
+
     report = software_dir / REPORT_FILE
     report.unlink(missing_ok=True)
     started = time.monotonic()

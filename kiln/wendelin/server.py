@@ -12,7 +12,7 @@ from kiln.common.connection_limits import ConnectionCap, capped_protocol
 from kiln.common.serving import raise_open_file_limit, replace_server_banner
 from kiln.wendelin import api, static
 from kiln.wendelin import web as pages
-from kiln.wendelin.arrays import api as array_api
+from kiln.wendelin.arrays import routes as array_routes
 from kiln.wendelin.httputil import SERVICE, credentials, failures, same_origin
 from kiln.wendelin.inputs import forms, http_ingest, stream_api
 from kiln.wendelin.inputs.forward import ForwardServer
@@ -49,7 +49,7 @@ def make_app(service: Service, dygraphs: Path | None = None) -> web.Application:
     stream_api.add_routes(app)
     forms.add_routes(app)
     api.add_routes(app)
-    array_api.add_routes(app)
+    array_routes.add_routes(app)
     pages.add_routes(app)
     static.add_routes(app, static.StaticFiles(dygraphs))
     return app

@@ -10,12 +10,12 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from aiohttp import web
 
 from kiln.common.limits import BoundedExecutor, Busy
-from kiln.wendelin.arrays import ArrayStore, DataArray, UnknownArray
+from kiln.wendelin.arrays.basics import LazyArrayStore, UnknownArray
 from kiln.wendelin.catalog import ArrayRecord, Catalog, StreamRecord, open_catalog
 from kiln.wendelin.policies import Policy, PolicyRegistry
 from kiln.wendelin.record_time import TimeKey
@@ -23,6 +23,9 @@ from kiln.wendelin.refusals import Unavailable
 from kiln.wendelin.router import Router
 from kiln.wendelin.stream_reader import StoreReader, StreamReader
 from kiln.wendelin.streams import StreamStore
+
+if TYPE_CHECKING:
+    from kiln.wendelin.arrays.store import DataArray
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -75,7 +78,7 @@ class Account:
     def may_write(self, stream: StreamReader) -> bool:
         return self.policy is not None and stream.policy == self.policy.name
 
-    def may_read_array(self, array: DataArray) -> bool:
+    def may_read_array(self, array: "DataArray") -> bool:
         """Readers read every array; a policy its own (not those of no policy)."""
         return self.policy is None or array.policy == self.policy.name
 
@@ -113,7 +116,8 @@ class Service:
         # Data arrays, under <root>/arrays; their reads and writes go through these pools
         # (Zarr's calls block: never on the event loop). One writer: appends to one array
         # are serialized anyway, and a flood of uploads waits here, not in memory.
-        self.arrays = ArrayStore(os.path.join(self.root, "arrays"))
+        # Opened at the first array: numpy and Zarr are not imported before (basics.py).
+        self.arrays = LazyArrayStore(os.path.join(self.root, "arrays"))
         self.array_reads = BoundedExecutor("array-read", 2, queue)
         self.array_writes = BoundedExecutor("array-write", 1, queue)
 
@@ -211,7 +215,8 @@ class Service:
         """Copy every array's description into the catalog, and forget removed ones (reads
         each array's metadata: in a worker thread)."""
         present = set()
-        for name in self.arrays.names():
+        names = self.arrays.names() if self.arrays.holds_arrays() else []
+        for name in names:
             try:
                 self.save_array_record(self.arrays.open(name))
             except UnknownArray:  # removed meanwhile
@@ -221,7 +226,7 @@ class Service:
             if record.name not in present:
                 self.catalog.remove_array(record.name)
 
-    def save_array_record(self, array: DataArray) -> None:
+    def save_array_record(self, array: "DataArray") -> None:
         source = array.provenance
         self.catalog.save_array(
             ArrayRecord(

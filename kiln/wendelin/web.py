@@ -10,18 +10,22 @@ import datetime
 import html
 import json
 import math
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from aiohttp import web
 
 from kiln.wendelin import chunks
 from kiln.wendelin.api import describe, to_json_entry
-from kiln.wendelin.arrays.store import PYRAMID_KINDS, DataArray, UnknownArray
+from kiln.wendelin.arrays.basics import PYRAMID_KINDS, UnknownArray
 from kiln.wendelin.httputil import readable_stream, require_account, service_of
 from kiln.wendelin.service import Account, Service
 from kiln.wendelin.static import MISSING_DYGRAPHS, STATIC
 from kiln.wendelin.stream_reader import RAW, StreamReader
 from kiln.wendelin.transform import web as transform_web
+
+if TYPE_CHECKING:
+    from kiln.wendelin.arrays.store import DataArray
 
 LATEST_ENTRIES = 50
 _STYLE = """
@@ -339,7 +343,7 @@ async def array_page(request: web.Request) -> web.Response:
     return _page(f"Array {array.name}", body, charts)
 
 
-def _readable_array(service: Service, account: Account, name: str) -> DataArray:
+def _readable_array(service: Service, account: Account, name: str) -> "DataArray":
     array = service.arrays.open(name)
     if not account.may_read_array(array):
         raise UnknownArray(name)  # not even its existence

@@ -83,3 +83,19 @@ def test_kpartx_stand_in_maps_partitions_with_loop_devices(tmp_path):
     assert not Path(f"/dev/mapper/{name}p1").exists()
     attached = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
     assert str(disk) not in attached
+
+
+@pytest.mark.unit
+def test_instances_start_beside_cloud_init_and_ready_waits_for_ssh():
+    """The first boot's order (images/README.md, first boot): the instances do not wait for
+    basic.target (which waits for cloud-init's network stage); the readiness line does, and
+    for SSH."""
+    units = (ELEMENTS / "kiln-releases" / "install.d" / "55-kiln-units").read_text()
+    instance, ready = units.split("kiln-ready.service <<'UNIT'")
+    assert "DefaultDependencies=no" in instance
+    assert "After=cloud-init-local.service" in instance
+    assert "network-online" not in instance and "cloud-init.service" not in instance
+    assert "DefaultDependencies=no" not in ready and "After=ssh.service" in ready
+    boot_time = (ELEMENTS / "kiln-releases" / "install.d" / "56-kiln-boot-time").read_text()
+    assert "systemctl mask cloud-config.service" in boot_time
+    assert "cloud_config_modules: []" in boot_time

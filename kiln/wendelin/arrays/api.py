@@ -361,12 +361,3 @@ async def append_rows(request: web.Request) -> web.Response:
 
     await _run(request, True, append)
     return web.Response(status=204)
-
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/api/arrays", list_arrays)
-    app.router.add_get("/api/arrays/{name}", show_array)
-    app.router.add_put("/api/arrays/{name}", put_array)
-    app.router.add_get("/api/arrays/{name}/data", array_data)
-    app.router.add_get("/api/arrays/{name}/window", array_window)
-    app.router.add_post("/api/arrays/{name}/append", append_rows)

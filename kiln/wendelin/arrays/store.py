@@ -44,6 +44,12 @@ from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.core.sync import sync
 
 from kiln.common.durable import write_atomically
+from kiln.wendelin.arrays.basics import (
+    NUMERIC_KINDS,
+    PYRAMID_KINDS,
+    ArrayError,
+    UnknownArray,
+)
 from kiln.wendelin.streams import check_stream_name
 
 DATA = "data"
@@ -63,9 +69,6 @@ WINDOW_RAW_ROWS = 1 << 20  # rows a window may read raw, for arrays without a py
 # Default chunk size along axis 0: rows of about this many bytes, uncompressed, so that reads
 # run at disk speed (sensor and audio samples barely compress).
 CHUNK_BYTES = 4 << 20
-# Dtype kinds an array may hold: bool, integers, floats, complex. Never objects or strings.
-NUMERIC_KINDS = "biufc"
-PYRAMID_KINDS = "iuf"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,15 +90,6 @@ class Window:
     level: int
     minimum: np.ndarray
     maximum: np.ndarray
-
-
-class UnknownArray(KeyError):
-    def __str__(self) -> str:  # KeyError's own quotes the message
-        return str(self.args[0]) if self.args else "unknown array"
-
-
-class ArrayError(ValueError):
-    """Bad dtype, shape mismatch, bad name or selection: the message says which."""
 
 
 def check_array_name(name: str) -> str:

@@ -1,11 +1,13 @@
 """Where Dask runs a transformation's work: threads here by default, or a dask.distributed
 scheduler given by address, with no change to the transformations' code."""
 
-import threading
-from typing import Any
+from __future__ import annotations
 
-import dask
-import numpy as np
+import threading
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class Compute:
@@ -24,6 +26,8 @@ class Compute:
 
     def array(self, collection: Any) -> np.ndarray:
         if self.scheduler_address is None:
+            import dask  # here: the service starts without Dask (arrays/basics.py)
+
             return dask.compute(collection, scheduler="threads", num_workers=self.threads)[0]
         return self._connected().compute(collection, sync=True)
 

@@ -16,19 +16,21 @@ The status of each transformation is kept in memory for ``/api/transforms`` and 
 page, and written to ``<root>/transforms/status.json`` for `kiln wendelin status`.
 """
 
+from __future__ import annotations
+
 import asyncio
 import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from kiln.common.durable import write_atomically
 from kiln.common.limits import BoundedExecutor
-from kiln.wendelin.arrays.store import ArrayStore, UnknownArray
+from kiln.wendelin.arrays.basics import LazyArrayStore, UnknownArray
 from kiln.wendelin.stream_reader import StoreReader
 from kiln.wendelin.transform import declarations
 from kiln.wendelin.transform.compute import Compute
-from kiln.wendelin.transform.kinds import Transformation, transformation
 from kiln.wendelin.transform.model import (
     CAUGHT_UP,
     FAILED,
@@ -38,8 +40,20 @@ from kiln.wendelin.transform.model import (
     status_path,
 )
 
+if TYPE_CHECKING:
+    from kiln.wendelin.arrays.store import ArrayStore
+    from kiln.wendelin.transform.kinds import Transformation
+
 log = logging.getLogger(__name__)
 MAX_RETRY_SECONDS = 3600.0
+
+
+def transformation(declaration: Declaration) -> Transformation:
+    """The declaration's transformation; its kinds (numpy, Dask) are imported at the first
+    declaration, so a service with none starts without them (arrays/basics.py)."""
+    from kiln.wendelin.transform.kinds import transformation as make
+
+    return make(declaration)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +121,7 @@ class Runner:
         self,
         root: str,
         streams: StoreReader,
-        arrays: ArrayStore,
+        arrays: ArrayStore | LazyArrayStore,
         settings: TransformSettings | None = None,
     ) -> None:
         self.root = root
