@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from kiln.images import manifest
-from kiln.images.bake import CacheAccess, bake
+from kiln.images.bake import bake
 from kiln.images.boottest import run_boot_test
 from kiln.images.template import load_template
 from kiln.software.seed import seed_debian_package, seed_npm_package
@@ -43,22 +43,16 @@ def image_cache(tmp_path_factory):
     cache.stop()
 
 
-def access(cache, upload: bool) -> CacheAccess:
-    url = cache.server.upload_url if upload else cache.server.url
-    key = cache.key_dir / "builder.key" if upload else None
-    return CacheAccess(url, [cache.public_key], key)
-
-
 @pytest.fixture(scope="session")
 def cold_bake(image_cache, tmp_path_factory):
     template = load_template(APPLIANCE, environ={})
-    return bake(template, tmp_path_factory.mktemp("cold"), access(image_cache, upload=True))
+    return bake(template, tmp_path_factory.mktemp("cold"), image_cache.config(upload=True))
 
 
 @pytest.fixture(scope="session")
 def warm_bake(cold_bake, image_cache, tmp_path_factory):
     template = load_template(APPLIANCE, environ={})
-    return bake(template, tmp_path_factory.mktemp("warm"), access(image_cache, upload=False))
+    return bake(template, tmp_path_factory.mktemp("warm"), image_cache.config())
 
 
 def test_cold_bake_writes_images_and_manifest(cold_bake):
