@@ -204,6 +204,75 @@ def boot_command(image_path: Path, timeout: float, state_dir: Path | None) -> No
         click.echo("stopped")
 
 
+def _forwards(values: tuple[str, ...]) -> dict[int, int]:
+    forwards = {}
+    for value in values:
+        host, sep, guest = value.partition(":")
+        if not sep or not host.isdigit() or not guest.isdigit():
+            fail(f"--forward {value!r}: write HOST_PORT:GUEST_PORT, e.g. 2222:22")
+        forwards[int(guest)] = int(host)
+    return forwards
+
+
+@image.command("run")
+@click.argument("image_path", metavar="IMAGE", type=click.Path(exists=True, path_type=Path))
+@click.option("--state-dir", type=PATH, required=True, help="The overlay, console and SSH key.")
+@click.option(
+    "--forward", multiple=True, metavar="HOST_PORT:GUEST_PORT", help="Forward a TCP port."
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Where forwards listen.")
+@click.option(
+    "--status-listen",
+    default="127.0.0.1:8090",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Serve the guest's readiness: 200 after its kiln-ready line, 503 and why before.",
+)
+@click.option("--memory", default=1536, show_default=True, help="MiB of guest memory.")
+@click.option("--cpus", default=2, show_default=True)
+@click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto")
+@click.option(
+    "--stop-timeout",
+    default=30.0,
+    show_default=True,
+    help="Seconds the guest has to power off on SIGTERM before qemu is killed.",
+)
+def run_command(
+    image_path: Path,
+    state_dir: Path,
+    forward: tuple[str, ...],
+    host: str,
+    status_listen: str,
+    memory: int,
+    cpus: int,
+    accel: str,
+    stop_timeout: float,
+) -> None:
+    """Run IMAGE in the foreground (for a supervisor: software/kvm's instance).
+
+    The same runner as `kiln image test`: a throwaway overlay (IMAGE is never written), a
+    NoCloud seed with an SSH key made in --state-dir, the serial console in a file.  The
+    readiness URL answers 200 once the guest printed `kiln-ready`, 503 with how far the boot
+    got before.  SIGTERM powers the VM off.
+    """
+    from kiln.common.addresses import parse_host_port
+    from kiln.images.qemu import BootError
+    from kiln.images.vmrun import run_vm, vm_for
+
+    if accel != "auto":
+        os.environ["KILN_QEMU_ACCEL"] = accel
+    try:
+        status_host, status_port = parse_host_port(status_listen)
+    except ValueError as error:
+        fail(f"--status-listen {error}")
+    vm = vm_for(image_path, state_dir, _forwards(forward), host, memory, cpus)
+    try:
+        code = run_vm(vm, status_host, status_port, _echo, stop_timeout)
+    except (BootError, OSError) as error:
+        fail(str(error))
+    sys.exit(code)
+
+
 def _cache_config(config_file: Path | None = None, **flags: object) -> CacheConfig:
     """--cache, --config, --trust, --sign-with and the environment, by the cache's one parser,
     exactly as `kiln software build` reads them."""

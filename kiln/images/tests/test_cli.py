@@ -20,7 +20,7 @@ def run(*args: str):
 def test_help_names_every_command():
     result = run("--help")
     assert result.exit_code == 0
-    for command in ("validate", "build", "test", "boot", "push", "pull", "export-ec2"):
+    for command in ("validate", "build", "test", "boot", "run", "push", "pull", "export-ec2"):
         assert command in result.output
     assert "guest" not in result.output  # run by the image's own units, not by users
 
