@@ -8,8 +8,9 @@ its template (nvme/ena/xen-blkfront in the initramfs, cloud-init's Ec2 datasourc
 EC2 itself cannot run here, so `kiln image test` boots an EC2 image the way EC2 would present
 it as far as qemu can: the root disk on an NVMe controller (as on Nitro instances: the
 initramfs must have nvme, and the root is found by LABEL/UUID, since the device is
-/dev/nvme0n1, not /dev/vda), no NoCloud seed, and the instance metadata service at
-169.254.169.254 played by kiln/images/imds.py (IMDSv2, with the boot's SSH key and user-data).
+/dev/nvme0n1, not /dev/vda), the DMI of an EC2 machine (vendor "Amazon EC2", a system UUID
+starting with ec2), no NoCloud seed, and the instance metadata service at 169.254.169.254
+played by kiln/images/imds.py (IMDSv2, with the boot's SSH key and user-data).
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def commands(files: dict[str, Path], bucket: str) -> list[str]:
 
 def present_as_ec2(vm: VM) -> None:
     """Make ``vm`` boot as an EC2 instance: NVMe root disk, IMDSv2 stand-in, no NoCloud seed."""
-    from kiln.images.imds import MetadataServer
+    from kiln.images.imds import MetadataServer, smbios
 
     vm.workdir.mkdir(parents=True, exist_ok=True)
     vm.ssh_key = make_ssh_key(vm.workdir)
@@ -98,6 +99,7 @@ def present_as_ec2(vm: VM) -> None:
     vm.imds = MetadataServer(public, seed.user_data([public], vm.hostname), vm.hostname)
     vm.disk, vm.nocloud = "nvme", False
     vm.network = [*vm.network, *vm.imds.guestfwd()]
+    vm.machine = [*vm.machine, *smbios(vm.imds.instance_id)]
 
 
 class EC2CheckFailed(Exception):

@@ -29,10 +29,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 ADDRESS = "169.254.169.254"
 # slirp's network must contain ADDRESS for a guestfwd to it (its default is 10.0.2.0/24).
 SLIRP_NET = "169.254.0.0/16"
-GUEST_IP = "169.254.0.15"  # the first address slirp's DHCP gives in that network
+GUEST_IP = "169.254.2.15"  # the first address slirp's DHCP gives in that network
 TOKEN_TTL = "X-aws-ec2-metadata-token-ttl-seconds"
 TOKEN = "X-aws-ec2-metadata-token"
 VERSION = re.compile(r"/(latest|\d{4}-\d{2}-\d{2})/(meta-data|user-data|dynamic)(/.*)?\Z")
+
+
+def smbios(instance_id: str) -> list[str]:
+    """The qemu options that make the machine's DMI read as an EC2 instance's (Nitro): vendor
+    "Amazon EC2" and a system UUID starting with ec2.  cloud-init identifies the platform from
+    them, and only on AWS does its Ec2 datasource use IMDSv2 tokens (elsewhere it asks without
+    one, as IMDSv1; this stand-in refuses that, as an instance requiring IMDSv2 does)."""
+    tail = instance_id.removeprefix("i-").rjust(12, "0")[-12:]
+    fields = f"type=1,manufacturer=Amazon EC2,product=t3.large,uuid=ec2e1916-9099-7caf-fd21-{tail}"
+    return ["-smbios", fields]
 
 
 def metadata_leaves(instance_id: str, hostname: str, public_key: str) -> dict[str, str]:

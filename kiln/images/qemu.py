@@ -130,6 +130,7 @@ class VM:
     network: list[str] = field(default_factory=list)  # more `-netdev user` options: net=, ...
     nocloud: bool = True  # attach the NoCloud seed (an EC2 image reads a metadata service)
     imds: Any = None  # an EC2 boot's metadata stand-in (kiln/images/imds.py), stopped with it
+    machine: list[str] = field(default_factory=list)  # more qemu options (-smbios ...)
 
     @property
     def console(self) -> Path:
@@ -171,6 +172,7 @@ class VM:
             f"file:{self.console}",
             "-monitor",
             f"unix:{self.monitor_socket},server,nowait",
+            *self.machine,
             *self.disk_arguments(overlay, seed_iso),
             "-netdev",
             netdev,
