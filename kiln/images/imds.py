@@ -30,6 +30,7 @@ ADDRESS = "169.254.169.254"
 # slirp's network must contain ADDRESS for a guestfwd to it (its default is 10.0.2.0/24).
 SLIRP_NET = "169.254.0.0/16"
 GUEST_IP = "169.254.2.15"  # the first address slirp's DHCP gives in that network
+GUEST_MAC = "52:54:00:12:34:56"  # qemu's first NIC
 TOKEN_TTL = "X-aws-ec2-metadata-token-ttl-seconds"
 TOKEN = "X-aws-ec2-metadata-token"
 VERSION = re.compile(r"/(latest|\d{4}-\d{2}-\d{2})/(meta-data|user-data|dynamic)(/.*)?\Z")
@@ -37,16 +38,26 @@ VERSION = re.compile(r"/(latest|\d{4}-\d{2}-\d{2})/(meta-data|user-data|dynamic)
 
 def smbios(instance_id: str) -> list[str]:
     """The qemu options that make the machine's DMI read as an EC2 instance's (Nitro): vendor
-    "Amazon EC2" and a system UUID starting with ec2.  cloud-init identifies the platform from
-    them, and only on AWS does its Ec2 datasource use IMDSv2 tokens (elsewhere it asks without
-    one, as IMDSv1; this stand-in refuses that, as an instance requiring IMDSv2 does)."""
+    "Amazon EC2", a system UUID starting with ec2 and the same serial number.  cloud-init
+    identifies the platform from them, and only on AWS does its Ec2 datasource use IMDSv2
+    tokens (elsewhere it asks without one, as IMDSv1; this stand-in refuses that, as an
+    instance requiring IMDSv2 does)."""
     tail = instance_id.removeprefix("i-").rjust(12, "0")[-12:]
-    fields = f"type=1,manufacturer=Amazon EC2,product=t3.large,uuid=ec2e1916-9099-7caf-fd21-{tail}"
-    return ["-smbios", fields]
+    uuid = f"ec2e1916-9099-7caf-fd21-{tail}"
+    # cloud-init also wants the serial number equal to the UUID, as EC2's DMI has it.
+    return ["-smbios", f"type=1,manufacturer=Amazon EC2,product=t3.large,uuid={uuid},serial={uuid}"]
 
 
 def metadata_leaves(instance_id: str, hostname: str, public_key: str) -> dict[str, str]:
     """The meta-data tree's leaves, by path, as an EC2 instance's (the fields cloud-init uses)."""
+    nic = {
+        "device-number": "0",
+        "interface-id": "eni-0000000000000kiln",
+        "local-ipv4s": GUEST_IP,
+        "mac": GUEST_MAC,
+        "subnet-ipv4-cidr-block": SLIRP_NET,
+        "vpc-ipv4-cidr-block": SLIRP_NET,
+    }
     return {
         "ami-id": "ami-0000000000000kiln",
         "ami-launch-index": "0",
@@ -55,6 +66,8 @@ def metadata_leaves(instance_id: str, hostname: str, public_key: str) -> dict[st
         "instance-type": "t3.large",
         "local-hostname": f"{hostname}.kiln.internal",
         "local-ipv4": GUEST_IP,
+        "mac": GUEST_MAC,
+        **{f"network/interfaces/macs/{GUEST_MAC}/{name}": value for name, value in nic.items()},
         "placement/availability-zone": "kiln-local-1a",
         "placement/region": "kiln-local-1",
         "public-keys/0/openssh-key": public_key.strip() + "\n",
@@ -121,6 +134,8 @@ class MetadataServer:
         if kind == "user-data":
             return 200, "application/octet-stream", self.user_data
         if kind == "dynamic":
+            if rest in ("", "instance-identity"):  # listings
+                return 200, "text/plain", "instance-identity/" if not rest else "document"
             if rest == "instance-identity/document":
                 document = {
                     "instanceId": self.instance_id,

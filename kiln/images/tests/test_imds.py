@@ -46,6 +46,8 @@ def test_imdsv2_token_then_metadata_and_user_data(imds):
     assert get("/latest/meta-data/public-keys/0/openssh-key").text.strip() == KEY
     assert get("/latest/meta-data/placement/availability-zone").text == "kiln-local-1a"
     assert get("/2021-03-23/user-data").text.startswith("#cloud-config")
+    assert get("/latest/dynamic/instance-identity/").text == "document"
+    assert get("/latest/meta-data/network/interfaces/macs/").text == "52:54:00:12:34:56/"
     document = get("/latest/dynamic/instance-identity/document").json()
     assert document["instanceId"] == imds.instance_id
     assert get("/latest/meta-data/nothing").status_code == 404
@@ -69,3 +71,26 @@ def test_the_relay_carries_a_guest_connection_to_the_server(imds):
     assert relay.returncode == 0, relay.stderr
     head, _, body = relay.stdout.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.0 200") and body.decode() in imds.tokens
+
+
+def test_an_ec2_boot_is_an_nvme_disk_ec2_dmi_and_the_stand_in(tmp_path):
+    from pathlib import Path
+
+    from kiln.images.ec2 import present_as_ec2
+    from kiln.images.qemu import VM
+
+    vm = VM(Path("disk.raw"), tmp_path, [8420], hostname="appliance", ports={22: 2222})
+    present_as_ec2(vm)
+    try:
+        command = " ".join(vm.command(tmp_path / "overlay.qcow2", None))
+        assert "-device nvme,serial=kiln-root,drive=root" in command
+        assert "if=virtio" not in command  # no NoCloud seed, no virtio disk
+        assert f"net=169.254.0.0/16,guestfwd=tcp:169.254.169.254:80-cmd:{sys.executable}" in command
+        assert f"kiln.images.imds relay {vm.imds.port}" in command
+        assert "manufacturer=Amazon EC2" in command and "uuid=ec2" in command
+        public = (tmp_path / "id_ed25519.pub").read_text().strip()
+        assert vm.imds.leaves["public-keys/0/openssh-key"].strip() == public
+        assert public in vm.imds.user_data
+    finally:
+        vm.stop()
+    assert vm.imds is None  # stopped with the VM
