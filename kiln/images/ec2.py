@@ -16,6 +16,7 @@ played by kiln/images/imds.py (IMDSv2, with the boot's SSH key and user-data).
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -131,10 +132,11 @@ def check_ec2_boot(vm: VM) -> str:
     source = vm.ssh("findmnt", "-n", "-o", "SOURCE", "/").stdout.strip()
     if not source.startswith("/dev/nvme"):
         raise EC2CheckFailed(f"/ is mounted from {source!r}, not the NVMe disk")
-    fstab = vm.ssh("awk", '$2 == "/" {print $1}', "/etc/fstab").stdout.strip()
+    # ssh hands the remote shell one command line: quote what it must not split.
+    fstab = vm.ssh("awk", shlex.quote('$2 == "/" {print $1}'), "/etc/fstab").stdout.strip()
     if not fstab.startswith(("LABEL=", "UUID=")):
         raise EC2CheckFailed(f"/etc/fstab mounts / from {fstab!r}, not by LABEL or UUID")
-    initramfs = vm.ssh("sudo", "sh", "-c", "lsinitramfs /boot/initrd.img-$(uname -r)").stdout
+    initramfs = vm.ssh("sudo", "lsinitramfs", '"/boot/initrd.img-$(uname -r)"').stdout
     missing = [m for m in INITRAMFS_MODULES if f"/{m}.ko" not in initramfs]
     if missing:
         raise EC2CheckFailed(f"the initramfs lacks {', '.join(missing)}")
