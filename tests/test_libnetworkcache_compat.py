@@ -29,8 +29,8 @@ from kiln.shacache.keys import (
     generate_legacy_rsa_key,
     rsa_private_pem,
 )
-from kiln.shacache.tests.cutting_proxy import CuttingProxy
 from kiln.testing.cache import RunningCache, start_cache_server
+from kiln.testing.cutting_proxy import CuttingProxy
 
 pytestmark = pytest.mark.integration
 

@@ -19,13 +19,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
 
 from kiln.images import dib, layer, manifest
 from kiln.images.mirrors import machine_mirrors
 from kiln.images.template import Template
+from kiln.shacache.config import CacheConfig, networkcache_lines
+from kiln.software.build import publishes
 
 # DIB's own elements every image uses (kiln's are added from images/elements).
 DIB_ELEMENTS = ["debian-minimal", "vm", "block-device-mbr", "cloud-init-datasources"]
@@ -44,46 +45,39 @@ def elements_dir() -> Path:
     return repository_root() / "images" / "elements"
 
 
-@dataclass
-class CacheAccess:
-    """`--cache URL --trust KEY [--sign-with KEY]`; credentials in the URL or $KILN_CACHE_*."""
+# Where the payload appears inside the chroot (extra-data.d/50-kiln-payload copies it there).
+CHROOT_PAYLOAD = Path("/tmp/in_target.d/kiln-payload")
+# The settings that name files on this machine: copied into the payload for the chroot's build.
+CACHE_FILES = (
+    "signing_key_file",
+    "legacy_signing_key_file",
+    "client_cert_file",
+    "client_key_file",
+    "ca_file",
+)
 
-    url: str
-    trusted_keys: list[str]
-    signing_key: Path | None = None
 
-    @property
-    def public_url(self) -> str:
-        parts = urlsplit(self.url.rstrip("/"))
-        host = parts.hostname or ""
-        netloc = f"{host}:{parts.port}" if parts.port else host
-        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-    def credentials(self) -> tuple[str, str] | None:
-        parts = urlsplit(self.url)
-        if parts.username:
-            return parts.username, parts.password or ""
-        user, password = os.environ.get("KILN_CACHE_USER"), os.environ.get("KILN_CACHE_PASSWORD")
-        return (user, password) if user and password else None
-
-    def upload_url(self) -> str | None:
-        creds = self.credentials()
-        if not creds or not self.signing_key:
-            return None
-        parts = urlsplit(self.public_url)
-        netloc = f"{quote(creds[0], safe='')}:{quote(creds[1], safe='')}@{parts.netloc}"
-        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-    def client(self, upload: bool = False):
-        from kiln.shacache.client import CacheClient
-        from kiln.shacache.keys import TrustList, load_signing_key
-
-        trust = TrustList.from_texts(self.trusted_keys)
-        url = self.upload_url() if upload else None
-        keys = [load_signing_key(self.signing_key)] if upload and self.signing_key else []
-        return CacheClient.from_url(
-            url or self.public_url, trust=trust, signing_keys=keys, upload=bool(url)
-        )
+def chroot_cache_config(cache: CacheConfig, payload: Path) -> CacheConfig:
+    """The configuration of the releases' build inside the chroot: the same cache, its files
+    copied into ``payload`` (0600) and named by their chroot path; upload URLs only when the
+    bake publishes, so that a read-only bake hands the chroot no credential."""
+    changes: dict[str, object] = {}
+    uploads = publishes(cache)
+    for name in CACHE_FILES:
+        path = getattr(cache, name)
+        if path is None:
+            continue
+        if not uploads and name != "ca_file":  # keys and client certificates are for uploads
+            changes[name] = None
+            continue
+        target = payload / "cache-files" / name
+        target.parent.mkdir(mode=0o700, exist_ok=True)
+        shutil.copyfile(path, target)
+        target.chmod(0o600)
+        changes[name] = CHROOT_PAYLOAD / "cache-files" / name
+    if not uploads:
+        changes.update(upload_cache_url=None, upload_dir_url=None)
+    return replace(cache, **changes)
 
 
 @dataclass
@@ -165,7 +159,7 @@ def _wheel_glob(pin: str) -> str:
     return f"{name.replace('-', '_').replace('.', '_')}-{version}-*.whl"
 
 
-def prepare_payload(template: Template, workdir: Path, cache: CacheAccess | None, progress) -> Path:
+def prepare_payload(template: Template, workdir: Path, cache: CacheConfig | None, progress) -> Path:
     from kiln.testing.releases import snapshot_repository  # what a release build reads
 
     payload = workdir / "payload"
@@ -175,11 +169,13 @@ def prepare_payload(template: Template, workdir: Path, cache: CacheAccess | None
     wheelhouse(payload / "wheelhouse", payload / "src", progress)
     (payload / "image.json").write_text(json.dumps(image_description(template), indent=2))
     if cache:
-        (payload / "trust.pub").write_text("\n".join(cache.trusted_keys) + "\n")
-        if cache.upload_url() and cache.signing_key:
-            # Only in DIB's hooks folder, bound read-only into the chroot; never in the image.
-            shutil.copy(cache.signing_key, payload / "signing.key")
-            (payload / "signing.key").chmod(0o600)
+        # `kiln software build --config` reads it in the chroot.  It may hold upload
+        # credentials and keys: only in DIB's hooks folder (never in the image), mode 0600,
+        # and removed from the work directory after the bake.
+        config = payload / "networkcache.cfg"
+        config.touch(mode=0o600)
+        lines = networkcache_lines(chroot_cache_config(cache, payload))
+        config.write_text("\n".join(["[networkcache]", *lines]) + "\n")
     return payload
 
 
@@ -218,8 +214,27 @@ def layer_inputs(
 def bake(
     template: Template,
     output_dir: Path,
-    cache: CacheAccess | None = None,
+    cache: CacheConfig | None = None,
     progress: Callable[[str], None] = print,
+) -> BakeResult:
+    """Bake ``template`` into ``output_dir``; ``cache`` (parsed by the cache's one parser)
+    gives the layer and every release's parts, and takes what is built when it publishes."""
+    if cache is not None and not cache.names_a_cache:
+        cache = None
+    try:
+        return _bake(template, output_dir, cache, progress)
+    finally:
+        # Keys and credentials copied for the chroot leave no copy behind, failed bake or not.
+        workdir = output_dir.resolve() / f".{template.name}.work"
+        shutil.rmtree(workdir / "payload" / "cache-files", ignore_errors=True)
+        (workdir / "payload" / "networkcache.cfg").unlink(missing_ok=True)
+
+
+def _bake(
+    template: Template,
+    output_dir: Path,
+    cache: CacheConfig | None,
+    progress: Callable[[str], None],
 ) -> BakeResult:
     started = time.monotonic()
     output_dir = output_dir.resolve()
@@ -273,11 +288,9 @@ def bake(
     restored = False
     layer_entry = None
     if cache:
-        env["KILN_CACHE_URL"] = cache.public_url
-        creds = cache.credentials()
-        if creds and cache.signing_key:
-            env["KILN_CACHE_USER"], env["KILN_CACHE_PASSWORD"] = creds
-        client = cache.client()
+        from kiln.shacache.client import CacheClient
+
+        client = CacheClient.from_config(cache)
         layer_entry = layer.find_layer(client, layer_key, source.architecture)
         if layer_entry:
             t = time.monotonic()
@@ -316,10 +329,9 @@ def bake(
     phases["disk-image-create"] = time.monotonic() - t
 
     layer_info: dict = {"key": layer_key, "restored": restored, "inputs": inputs.__dict__}
-    if saved.exists() and cache and cache.upload_url():
+    if saved.exists() and cache and publishes(cache):
         t = time.monotonic()
-        uploader = cache.client(upload=True)
-        sha512 = uploader.upload(
+        sha512 = client.upload(
             saved,
             layer_key,
             {"architecture": source.architecture, "release": source.release, "kind": "kiln-layer"},

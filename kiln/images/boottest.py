@@ -15,6 +15,7 @@ from pathlib import Path
 
 from kiln.images import manifest as manifests
 from kiln.images.checks import Result, guest_ports, run_checks
+from kiln.images.ec2 import EC2CheckFailed, check_ec2_boot, present_as_ec2
 from kiln.images.qemu import VM, BootError, accelerator
 
 DEFAULT_TIMEOUT = 900.0  # seconds to readiness: TCG on 2 busy cores
@@ -40,8 +41,12 @@ def load_manifest(image: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def boot_once(image: Path, description: dict, workdir: Path, timeout: float) -> tuple[VM, float]:
+def boot_once(
+    image: Path, description: dict, workdir: Path, timeout: float, ec2: bool = False
+) -> tuple[VM, float]:
     vm = VM(image, workdir, guest_ports(description), hostname=description["name"])
+    if ec2:  # NVMe root disk and an IMDSv2 stand-in instead of the NoCloud seed
+        present_as_ec2(vm)
     vm.start()
     try:
         vm.wait_ready(timeout)
@@ -49,6 +54,14 @@ def boot_once(image: Path, description: dict, workdir: Path, timeout: float) -> 
         vm.stop(timeout=5)
         raise
     return vm, vm.ready_seconds()
+
+
+def ec2_result(vm: VM) -> Result:
+    started = time.monotonic()
+    try:
+        return Result("ec2", True, check_ec2_boot(vm), time.monotonic() - started)
+    except (EC2CheckFailed, BootError) as error:
+        return Result("ec2", False, str(error), time.monotonic() - started)
 
 
 def boot_profile(vm: VM, instances: list[str], lines: int = 15) -> str:
@@ -85,19 +98,25 @@ def run_boot_test(
     progress: Callable[[str], None] = print,
     timeout: float = DEFAULT_TIMEOUT,
     workdir: Path | None = None,
+    second_boot: bool = True,
 ) -> TestReport:
+    """Boot ``image`` and run its template's checks; with ``second_boot`` (and the template's
+    fresh-credentials test), boot it again to compare the generated credentials."""
     data = load_manifest(image)
-    description, tests = data["image"], data["tests"]
+    description, tests, ec2 = data["image"], data["tests"], bool(data.get("ec2"))
     report = TestReport(image, accelerator())
     with tempfile.TemporaryDirectory(prefix="kiln-image-test-", dir=workdir) as tmp:
-        progress(f"booting {image.name} under qemu ({report.accelerator}), throwaway overlay")
-        vm, seconds = boot_once(image, description, Path(tmp) / "boot1", timeout)
+        how = "as EC2 presents it (NVMe disk, IMDSv2 stand-in)" if ec2 else "throwaway overlay"
+        progress(f"booting {image.name} under qemu ({report.accelerator}), {how}")
+        vm, seconds = boot_once(image, description, Path(tmp) / "boot1", timeout, ec2)
         try:
             report.ready_seconds.append(seconds)
             progress(f"kiln-ready after {seconds:.0f} s")
             credentials = vm.credentials()
             report.profile = boot_profile(vm, [i["name"] for i in description["instances"]])
             report.results = run_checks(vm, description, tests, credentials)
+            if ec2:
+                report.results.append(ec2_result(vm))
         finally:
             vm.stop()
         progress("boot profile (systemd-analyze):")
@@ -105,9 +124,9 @@ def run_boot_test(
             progress(f"  {line.strip()}")
         for result in report.results:
             progress(f"  [{'ok' if result.ok else 'FAIL'}] {result.name}: {result.detail}")
-        if any(t["check"] == "fresh-credentials" for t in tests):
+        if second_boot and any(t["check"] == "fresh-credentials" for t in tests):
             progress("second boot of the same image: credentials must differ")
-            vm2, seconds = boot_once(image, description, Path(tmp) / "boot2", timeout)
+            vm2, seconds = boot_once(image, description, Path(tmp) / "boot2", timeout, ec2)
             try:
                 report.ready_seconds.append(seconds)
                 result = fresh_credentials(credentials, vm2.credentials())
@@ -120,10 +139,11 @@ def run_boot_test(
 
 def boot_for_user(image: Path, workdir: Path, timeout: float, progress=print) -> VM:
     """Boot and wait for readiness; print the URLs and the credentials generated at boot."""
-    description = load_manifest(image)["image"]
+    data = load_manifest(image)
+    description = data["image"]
     started = time.monotonic()
     progress(f"booting {image.name} under qemu ({accelerator()}); state in {workdir}")
-    vm, _ = boot_once(image, description, workdir, timeout)
+    vm, _ = boot_once(image, description, workdir, timeout, bool(data.get("ec2")))
     progress(f"ready after {time.monotonic() - started:.0f} s")
     for instance in description["instances"]:
         for name, port in instance["ports"].items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import tempfile
@@ -11,6 +12,14 @@ from pathlib import Path
 import click
 
 from kiln.common.cli import fail, parse_pairs
+from kiln.shacache.cli import client_options
+from kiln.shacache.config import (
+    CacheConfig,
+    ConfigError,
+    cache_option,
+    config_file_option,
+    load_cache_config,
+)
 
 PATH = click.Path(path_type=Path)
 
@@ -76,44 +85,45 @@ def validate_command(template: Path, variables: tuple[str, ...]) -> None:
 @click.argument("template", type=PATH)
 @click.option("-o", "--output-dir", type=PATH, default=Path("."), show_default=True)
 @var_option
-@click.option("--cache", "cache_url", metavar="URL", help="Binary cache (kiln cache serve).")
-@click.option("--trust", multiple=True, metavar="KEY", help="Trusted key (name:base64 or .pub).")
-@click.option(
-    "--sign-with",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Sign and upload what is built (needs upload credentials: URL or $KILN_CACHE_*).",
-)
+@cache_option("url")
+@config_file_option
+@cache_option("trusted_keys")
+@cache_option("signing_key_file")
 @click.option("--no-test", is_flag=True, help="Skip the boot test (the image is then untested).")
 @click.option("--timeout", default=900.0, show_default=True, help="Seconds to readiness at test.")
 def build_command(
     template: Path,
     output_dir: Path,
     variables: tuple[str, ...],
-    cache_url: str | None,
-    trust: tuple[str, ...],
-    sign_with: Path | None,
     no_test: bool,
     timeout: float,
+    **flags: object,
 ) -> None:
     """Bake TEMPLATE with disk-image-create, write the manifest, then boot-test the image.
 
-    Releases are built inside the image with `kiln software build` through --cache: with a
+    Releases are built inside the image with `kiln software build` through the cache: with a
     warm cache every part is restored, none compiled.  The root filesystem after the package
     phase is a signed layer in the same cache.  The full DIB log is kept beside the image.
+    The cache is configured as for `kiln software build`: --cache (or $KILN_CACHE_URL, or a
+    [networkcache] file with --config), upload credentials in $KILN_CACHE_USER and
+    $KILN_CACHE_PASSWORD or in that file, never in a --cache URL.
+
+    \b
+    Example:
+      KILN_CACHE_USER=uploader KILN_CACHE_PASSWORD=... kiln image build images/appliance.yaml \\
+          -o out/ --cache http://127.0.0.1:5080 --trust builder.pub --sign-with builder.key
     """
-    from kiln.images.bake import BakeError, CacheAccess, bake
+    from kiln.images.bake import BakeError, bake
+    from kiln.software.build import publishes
 
     model = _load(template, variables)
-    cache = None
-    if cache_url:
-        keys = _trusted_keys(trust)
-        if not keys:
-            fail("--cache needs --trust KEY: entries signed by no trusted key are refused")
-        cache = CacheAccess(cache_url, keys, sign_with)
-        if sign_with and not cache.upload_url():
-            click.echo(
-                "warning: --sign-with without upload credentials: nothing uploaded", err=True
-            )
+    cache = _cache_config(**flags)
+    if not cache.names_a_cache:
+        cache = None
+    elif not cache.trusted_keys:
+        fail("--cache needs --trust KEY: entries signed by no trusted key are refused")
+    elif cache.signing_key_file and not publishes(cache):
+        click.echo("warning: --sign-with without upload credentials: nothing uploaded", err=True)
     click.echo(f"baking {template} -> {output_dir.resolve()}/{model.name}.*")
     try:
         result = bake(model, output_dir, cache, _echo)
@@ -194,51 +204,119 @@ def boot_command(image_path: Path, timeout: float, state_dir: Path | None) -> No
         click.echo("stopped")
 
 
-def _trusted_keys(trust: tuple[str, ...]) -> list[str]:
-    """--trust values (keys, or files of keys and certificates) through the cache's one
-    configuration parser, so they mean what they mean in every other command."""
-    from kiln.shacache.config import ConfigError, parse_cache_config
+def _forwards(values: tuple[str, ...]) -> dict[int, int]:
+    forwards = {}
+    for value in values:
+        host, sep, guest = value.partition(":")
+        if not sep or not host.isdigit() or not guest.isdigit():
+            fail(f"--forward {value!r}: write HOST_PORT:GUEST_PORT, e.g. 2222:22")
+        forwards[int(guest)] = int(host)
+    return forwards
 
+
+@image.command("run")
+@click.argument("image_path", metavar="IMAGE", type=click.Path(exists=True, path_type=Path))
+@click.option("--state-dir", type=PATH, required=True, help="The overlay, console and SSH key.")
+@click.option(
+    "--forward", multiple=True, metavar="HOST_PORT:GUEST_PORT", help="Forward a TCP port."
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Where forwards listen.")
+@click.option(
+    "--status-listen",
+    default="127.0.0.1:8090",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Serve the guest's readiness: 200 after its kiln-ready line, 503 and why before.",
+)
+@click.option("--memory", default=1536, show_default=True, help="MiB of guest memory.")
+@click.option("--cpus", default=2, show_default=True)
+@click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto")
+@click.option(
+    "--stop-timeout",
+    default=30.0,
+    show_default=True,
+    help="Seconds the guest has to power off on SIGTERM before qemu is killed.",
+)
+def run_command(
+    image_path: Path,
+    state_dir: Path,
+    forward: tuple[str, ...],
+    host: str,
+    status_listen: str,
+    memory: int,
+    cpus: int,
+    accel: str,
+    stop_timeout: float,
+) -> None:
+    """Run IMAGE in the foreground (for a supervisor: software/kvm's instance).
+
+    The same runner as `kiln image test`: a throwaway overlay (IMAGE is never written), a
+    NoCloud seed with an SSH key made in --state-dir, the serial console in a file.  The
+    readiness URL answers 200 once the guest printed `kiln-ready`, 503 with how far the boot
+    got before.  SIGTERM powers the VM off.
+    """
+    from kiln.common.addresses import parse_host_port
+    from kiln.images.qemu import BootError
+    from kiln.images.vmrun import run_vm, vm_for
+
+    if accel != "auto":
+        os.environ["KILN_QEMU_ACCEL"] = accel
     try:
-        return list(parse_cache_config(flags={"trusted_keys": list(trust)}).trusted_keys)
+        status_host, status_port = parse_host_port(status_listen)
+    except ValueError as error:
+        fail(f"--status-listen {error}")
+    vm = vm_for(image_path, state_dir, _forwards(forward), host, memory, cpus)
+    try:
+        code = run_vm(vm, status_host, status_port, _echo, stop_timeout)
+    except (BootError, OSError) as error:
+        fail(str(error))
+    sys.exit(code)
+
+
+def _cache_config(config_file: Path | None = None, **flags: object) -> CacheConfig:
+    """--cache, --config, --trust, --sign-with and the environment, by the cache's one parser,
+    exactly as `kiln software build` reads them."""
+    try:
+        return load_cache_config(config_file, flags, os.environ)
     except ConfigError as error:
         fail(str(error))
 
 
-def _cache_client(cache_url: str, trust: tuple[str, ...], sign_with: Path | None, upload: bool):
-    from kiln.images.bake import CacheAccess
+def _store_client(upload: bool, progress: bool | None, **flags: object):
+    """The client of push and pull: the flags of `kiln cache upload|download`, read alike."""
+    from kiln.shacache.cli import client_config
+    from kiln.shacache.client import CacheClient
+    from kiln.shacache.keys import KeyError_
+    from kiln.software.build import publishes
 
-    keys = _trusted_keys(trust)
-    if not keys:
+    config = client_config(**flags)
+    if not config.trusted_keys:
         fail("--trust KEY is required: images signed by no trusted key are refused")
-    access = CacheAccess(cache_url, keys, sign_with)
-    if upload and not access.upload_url():
+    if upload and not publishes(config):
         fail(
-            "push needs --sign-with KEY and upload credentials (URL or $KILN_CACHE_USER/_PASSWORD)"
+            "push needs --sign-with KEY and upload credentials ($KILN_CACHE_USER and"
+            " $KILN_CACHE_PASSWORD, or an upload URL in a [networkcache] file: --config)"
         )
-    client = access.client(upload=upload)
-    client.progress = True
-    return client
-
-
-cache_option = click.option(
-    "--cache", "cache_url", required=True, metavar="URL", help="Binary cache."
-)
-trust_option = click.option("--trust", multiple=True, metavar="KEY", help="Trusted key or .pub.")
+    try:
+        return CacheClient.from_config(config, progress=progress)
+    except KeyError_ as error:
+        fail(str(error))
 
 
 @image.command("push")
 @click.argument("image_path", metavar="IMAGE", type=click.Path(exists=True, path_type=Path))
 @click.option("--key", "name", required=True, metavar="NAME", help="Publish as kiln-image:NAME.")
-@cache_option
-@trust_option
-@click.option("--sign-with", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def push_command(image_path, name, cache_url, trust, sign_with) -> None:
-    """Upload IMAGE and its manifest to the cache as a signed entry kiln-image:NAME."""
+@client_options
+def push_command(image_path: Path, name: str, progress: bool | None, **flags: object) -> None:
+    """Upload IMAGE and its manifest to the cache as a signed entry kiln-image:NAME.
+
+    The cache is configured as for `kiln cache upload`: credentials in $KILN_CACHE_USER and
+    $KILN_CACHE_PASSWORD or in a [networkcache] file (--config), never in a --cache URL.
+    """
     from kiln.images.store import StoreError, push
     from kiln.shacache.client import CacheError
 
-    client = _cache_client(cache_url, trust, sign_with, upload=True)
+    client = _store_client(upload=True, progress=progress, **flags)
     try:
         metadata = push(client, image_path, name)
     except (StoreError, CacheError) as error:
@@ -248,15 +326,18 @@ def push_command(image_path, name, cache_url, trust, sign_with) -> None:
 
 @image.command("pull")
 @click.argument("name")
-@cache_option
-@trust_option
 @click.option("-o", "--output-dir", type=PATH, default=Path("."), show_default=True)
-def pull_command(name, cache_url, trust, output_dir) -> None:
-    """Download the newest trusted image kiln-image:NAME and its manifest (resumable)."""
+@client_options
+def pull_command(name: str, output_dir: Path, progress: bool | None, **flags: object) -> None:
+    """Download the newest trusted image kiln-image:NAME and its manifest.
+
+    Resumable: an interrupted pull keeps its partial file, and the next pull of the same
+    image fetches only what is missing; the sha512 is checked either way.
+    """
     from kiln.images.store import StoreError, pull
     from kiln.shacache.client import CacheError
 
-    client = _cache_client(cache_url, trust, None, upload=False)
+    client = _store_client(upload=False, progress=progress, **flags)
     try:
         path = pull(client, name, output_dir)
     except (StoreError, CacheError) as error:

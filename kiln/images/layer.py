@@ -19,8 +19,10 @@ from pathlib import Path
 import requests
 
 KEY_PREFIX = "kiln-layer:"
-# kiln-releases' hooks run after the layer is saved (install.d/55+), so they do not shape it.
-AFTER_LAYER = ("kiln-releases",)
+# Their hooks run after the layer is saved (kiln-layer's install.d/10), so they do not shape
+# it: kiln-releases (install.d/55+) and kiln-ec2 (install.d/40), so that the EC2 variant
+# restores the appliance's layer.  tests/test_manifest_layer.py checks the hooks' order.
+AFTER_LAYER = ("kiln-releases", "kiln-ec2")
 
 
 @dataclass(frozen=True)

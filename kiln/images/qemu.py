@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from kiln.common.addresses import free_ports
 from kiln.images import seed
@@ -31,6 +32,25 @@ SSH_PORT = 22
 
 class BootError(Exception):
     """The VM did not come up; the message names what, and shows the serial log's tail."""
+
+
+def what_is_missing(console: str) -> str:
+    """What a serial console without a readiness line says about how far the guest got."""
+    if "Linux version" not in console:
+        return "the kernel did not start (no boot messages on the serial console)"
+    if "login:" not in console and "Reached target" not in console:
+        return "systemd did not reach its targets"
+    return "the kiln instances did not report healthy (kiln-ready.service)"
+
+
+def console_status(console: str) -> tuple[bool | None, str]:
+    """(True, the kiln-ready line's ports), (False, what the guest reports did not come up),
+    or (None, how far the boot got) from the serial console's text."""
+    if match := READY.search(console):
+        return True, match[1]
+    if match := NOT_READY.search(console):
+        return False, f"the guest reports what did not come up: {match[1]}"
+    return None, f"no kiln-ready line yet: {what_is_missing(console)}"
 
 
 def qemu_binary() -> str:
@@ -98,12 +118,19 @@ class VM:
     workdir: Path
     guest_ports: list[int]
     hostname: str = "kiln"
+    host: str = "127.0.0.1"  # the host address the forwarded ports listen on
     memory_mb: int = 1536
     cpus: int = 2
     ports: dict[int, int] = field(default_factory=dict)  # guest port -> host port
     process: subprocess.Popen | None = None
-    ssh_key: Path | None = None
+    ssh_key: Path | None = None  # made at start unless given
     started: float = 0.0
+    # "nvme": the root disk on an NVMe controller, as EC2's Nitro instances present it.
+    disk: str = "virtio"
+    network: list[str] = field(default_factory=list)  # more `-netdev user` options: net=, ...
+    nocloud: bool = True  # attach the NoCloud seed (an EC2 image reads a metadata service)
+    imds: Any = None  # an EC2 boot's metadata stand-in (kiln/images/imds.py), stopped with it
+    machine: list[str] = field(default_factory=list)  # more qemu options (-smbios ...)
 
     @property
     def console(self) -> Path:
@@ -113,10 +140,19 @@ class VM:
     def monitor_socket(self) -> Path:
         return self.workdir / "monitor.sock"
 
-    def command(self, overlay: Path, seed_iso: Path) -> list[str]:
-        forwards = ",".join(
-            f"hostfwd=tcp:127.0.0.1:{host}-:{guest}" for guest, host in self.ports.items()
-        )
+    def disk_arguments(self, overlay: Path, seed_iso: Path | None) -> list[str]:
+        if self.disk == "nvme":
+            drives = ["-drive", f"file={overlay},format=qcow2,if=none,id=root"]
+            drives += ["-device", "nvme,serial=kiln-root,drive=root"]
+        else:
+            drives = ["-drive", f"file={overlay},format=qcow2,if=virtio"]
+        if seed_iso is not None:
+            drives += ["-drive", f"file={seed_iso},format=raw,if=virtio,readonly=on"]
+        return drives
+
+    def command(self, overlay: Path, seed_iso: Path | None) -> list[str]:
+        forwards = [f"hostfwd=tcp:{self.host}:{host}-:{g}" for g, host in self.ports.items()]
+        netdev = ",".join(["user", "id=net0", *forwards, *self.network])
         accel = accelerator()
         return [
             qemu_binary(),
@@ -136,12 +172,10 @@ class VM:
             f"file:{self.console}",
             "-monitor",
             f"unix:{self.monitor_socket},server,nowait",
-            "-drive",
-            f"file={overlay},format=qcow2,if=virtio",
-            "-drive",
-            f"file={seed_iso},format=raw,if=virtio,readonly=on",
+            *self.machine,
+            *self.disk_arguments(overlay, seed_iso),
             "-netdev",
-            f"user,id=net0,{forwards}",
+            netdev,
             "-device",
             "virtio-net-pci,netdev=net0",
         ]
@@ -165,9 +199,12 @@ class VM:
             ],
             check=True,
         )
-        self.ssh_key = make_ssh_key(self.workdir)
+        if self.ssh_key is None:
+            self.ssh_key = make_ssh_key(self.workdir)
         public = self.ssh_key.with_suffix(".pub").read_text()
-        seed_iso = seed.write_seed(self.workdir / "seed", [public], self.hostname)
+        seed_iso = None
+        if self.nocloud:
+            seed_iso = seed.write_seed(self.workdir / "seed", [public], self.hostname)
         wanted = [p for p in [SSH_PORT, *self.guest_ports] if p not in self.ports]
         self.ports.update(zip(wanted, free_ports(len(wanted)), strict=True))
         self.console.write_text("")
@@ -206,11 +243,7 @@ class VM:
             time.sleep(1)
 
     def _what_is_missing(self, console: str) -> str:
-        if "Linux version" not in console:
-            return "the kernel did not start (no boot messages on the serial console)"
-        if "login:" not in console and "Reached target" not in console:
-            return "systemd did not reach its targets"
-        return "the kiln instances did not report healthy (kiln-ready.service)"
+        return what_is_missing(console)
 
     def ready_seconds(self) -> float:
         return time.monotonic() - self.started
@@ -250,16 +283,18 @@ class VM:
 
     def stop(self, timeout: float = 30) -> None:
         """ACPI power-off, then kill if the guest does not stop in time."""
-        if not self.process or self.process.poll() is not None:
-            return
-        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as monitor:
-            monitor.connect(str(self.monitor_socket))
-            monitor.sendall(b"system_powerdown\n")
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
+        if self.process and self.process.poll() is None:
+            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as monitor:
+                monitor.connect(str(self.monitor_socket))
+                monitor.sendall(b"system_powerdown\n")
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.send_signal(signal.SIGKILL)
+                self.process.wait()
+        if self.imds is not None:  # what the VM used goes with it
+            self.imds.stop()
+            self.imds = None
 
 
 @contextlib.contextmanager

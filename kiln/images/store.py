@@ -2,7 +2,8 @@
 
 An image and its manifest are two ShaCache blobs; one signed ShaDir entry under
 ``kiln-image:<name>`` names both.  Pulling verifies each blob's sha512 (the client does, and
-resumes a broken download with Range) and that the image is the one its manifest describes.
+resumes a broken download with Range, in the same pull or, from the partial file an
+interrupted pull left, in the next one) and that the image is the one its manifest describes.
 """
 
 from __future__ import annotations
@@ -61,8 +62,9 @@ def pull(client, name: str, output_dir: Path) -> Path:
     output_dir.mkdir(parents=True, exist_ok=True)
     image = output_dir / Path(entry["file"]).name
     manifest_file = manifests.manifest_path(image)
-    client.download(entry["manifest-sha512"], manifest_file)
-    client.download(entry["sha512"], image)
+    # Resumable: an interrupted pull keeps what arrived, and the next one fetches the rest.
+    client.download(entry["manifest-sha512"], manifest_file, resume=True)
+    client.download(entry["sha512"], image, resume=True)
     described = json.loads(manifest_file.read_text())["outputs"].get(image.name, {})
     if described.get("sha512") != entry["sha512"]:
         raise StoreError(f"{image}: its manifest does not describe this image")

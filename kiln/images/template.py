@@ -121,6 +121,8 @@ class _Reader:
         value = self.data[name]
         if kind is int and isinstance(value, str) and value.strip().isdigit():
             value = int(value)
+        if kind is bool and isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            value = value.strip().lower() == "true"  # from a variable: `ec2: "{{ ec2 }}"`
         if kind is str and isinstance(value, int | float) and not isinstance(value, bool):
             value = str(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):

@@ -19,7 +19,14 @@ from kiln.common.cli import fail, limit_option, parse_pairs
 from kiln.common.durable import write_atomically
 from kiln.common.serving import ConnectionLimits
 from kiln.shacache.client import CacheClient, CacheError
-from kiln.shacache.config import ConfigError, cache_option, parse_cache_config, read_networkcache
+from kiln.shacache.config import (
+    CacheConfig,
+    ConfigError,
+    cache_option,
+    config_file_option,
+    load_cache_config,
+    parse_cache_config,
+)
 from kiln.shacache.entries import InvalidEntry, is_sha512
 from kiln.shacache.gc import collect
 from kiln.shacache.keys import (
@@ -418,13 +425,7 @@ def keygen_command(name: str, out: Path, legacy_rsa: bool, slapos_incompatible: 
 def client_options(function: Any) -> Any:
     options = [
         cache_option("url", show_default=f"$KILN_CACHE_URL or {DEFAULT_URL}"),
-        click.option(
-            "--config",
-            "config_file",
-            type=click.Path(exists=True, dir_okay=False, path_type=Path),
-            help="Read a SlapOS-style [networkcache] section (its URLs replace $KILN_CACHE_URL;"
-            " flags given beside it win).",
-        ),
+        config_file_option,
         cache_option("trusted_keys"),
         cache_option("signing_key_file"),
         cache_option("client_cert_file"),
@@ -439,15 +440,20 @@ def client_options(function: Any) -> Any:
     return function
 
 
-def make_client(config_file: Path | None, progress: bool | None, **flags: Any) -> CacheClient:
-    """The client that --config, the flags and the environment describe, by the one parser."""
+def client_config(config_file: Path | None, **flags: Any) -> CacheConfig:
+    """What --config, the flags and the environment describe, by the one parser."""
     try:
-        section = read_networkcache(config_file) if config_file else {}
-        config = parse_cache_config(
-            section, flags=flags, environ=os.environ, defaults={"url": DEFAULT_URL}
-        )
+        return load_cache_config(config_file, flags, os.environ, {"url": DEFAULT_URL})
+    except ConfigError as problem:
+        fail(str(problem))
+
+
+def make_client(config_file: Path | None, progress: bool | None, **flags: Any) -> CacheClient:
+    """The client of :func:`client_config`."""
+    config = client_config(config_file, **flags)
+    try:
         return CacheClient.from_config(config, progress=progress)
-    except (ConfigError, KeyError_) as problem:
+    except KeyError_ as problem:
         fail(str(problem))
 
 

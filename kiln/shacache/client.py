@@ -104,6 +104,20 @@ class _ProgressReader:
         return os.fstat(self._f.fileno()).st_size
 
 
+def partial_path(dest: Path, sha512: str) -> Path:
+    """Where ``download(..., resume=True)`` keeps an interrupted download of ``sha512``."""
+    return dest.parent / f".{dest.name}.{sha512[:32]}.partial"
+
+
+def _blob_size(response: requests.Response) -> int | None:
+    """The whole blob's size: Content-Range's total for a 206, Content-Length for a 200."""
+    if response.status_code == 206:
+        total = response.headers.get("Content-Range", "").rpartition("/")[2]
+        return int(total) if total.isdigit() else None
+    length = response.headers.get("Content-Length")
+    return int(length) if length and length.isdigit() else None
+
+
 class CacheClient:
     def __init__(
         self,
@@ -255,8 +269,13 @@ class CacheClient:
             )
         return sha512
 
-    def download(self, sha512: str, dest: Path | str) -> Path:
-        """Download a blob to ``dest``, resuming with Range, and verify its sha512."""
+    def download(self, sha512: str, dest: Path | str, *, resume: bool = False) -> Path:
+        """Download a blob to ``dest``, resuming with Range, and verify its sha512.
+
+        With ``resume``, what arrived is kept in ``partial_path(dest, sha512)`` when the
+        download is interrupted (an error, Ctrl-C, a killed process), and the next call for the
+        same blob asks only for the rest.  Nothing becomes ``dest`` unverified either way.
+        """
         if not is_sha512(sha512):
             raise CacheError(f"{sha512[:40]!r} is not a sha512")
         if not self.download_cache_url:
@@ -264,46 +283,68 @@ class CacheClient:
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         url = f"{self.download_cache_url}/{sha512}"
-        fd, temp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+        if resume:
+            temp_name = str(partial_path(dest, sha512))
+            fd = os.open(temp_name, os.O_RDWR | os.O_CREAT, 0o600)
+        else:
+            fd, temp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
         try:
-            with os.fdopen(fd, "wb") as out:
-                digest = self._fetch(url, out, sha512)
+            with os.fdopen(fd, "r+b") as out:
+                digest, received = hashlib.sha512(), 0
+                while piece := out.read(PIECE):  # what an earlier try kept
+                    digest.update(piece)
+                    received += len(piece)
+                if received:
+                    log.info("resuming %s from %d bytes kept", dest.name, received)
+                digest_hex = self._fetch(url, out, sha512, received, digest)
                 out.flush()
                 os.fsync(out.fileno())
-            if digest != sha512:
+            if digest_hex != sha512:
+                Path(temp_name).unlink(missing_ok=True)  # a bad prefix is not kept
                 raise CacheError(
                     f"blob {sha512[:16]}... from {redact(url)} is corrupt (it hashes to"
-                    f" {digest[:16]}...); it was not used"
+                    f" {digest_hex[:16]}...); it was not used"
                 )
             os.replace(temp_name, dest)
         except BaseException:
-            Path(temp_name).unlink(missing_ok=True)
+            if not resume:
+                Path(temp_name).unlink(missing_ok=True)
             raise
         return dest
 
-    def _fetch(self, url: str, out: IO[bytes], sha512: str) -> str:
-        digest = hashlib.sha512()
-        received = 0
+    def _fetch(
+        self, url: str, out: IO[bytes], sha512: str, received: int = 0, digest: Any = None
+    ) -> str:
+        """Stream the blob at ``url`` into ``out``, which holds ``received`` bytes already
+        (hashed in ``digest``); answer the hex digest of the whole."""
+        digest = digest or hashlib.sha512()
         total: int | None = None
-        resumable = False
+        resumable = received > 0  # bytes kept from an earlier try: ask for the rest
         bar = None
         for attempt in range(self.retries + 1):
             headers = {"Range": f"bytes={received}-"} if received and resumable else {}
             response = self._request("GET", url, stream=True, headers=headers)
             if response.status_code == 404:
                 raise CacheError(f"blob {sha512[:16]}... is not in the cache at {redact(url)}")
-            if response.status_code not in (200, 206):
+            restart = response.status_code == 416 and received  # kept more than the blob has
+            if response.status_code not in (200, 206) and not restart:
                 raise CacheError(self._refusal("download", response))
-            if response.status_code == 200 and received:
+            if restart or (response.status_code == 200 and received):
                 # The server ignored Range: start over rather than append a second copy.
                 out.seek(0)
                 out.truncate()
                 digest, received = hashlib.sha512(), 0
+                if restart:
+                    response.close()
+                    resumable = False
+                    continue
             if total is None:
-                length = response.headers.get("Content-Length")
-                total = int(length) if length and length.isdigit() else None
-                resumable = response.headers.get("Accept-Ranges") == "bytes" and total is not None
+                total = _blob_size(response)
+                resumable = total is not None and (
+                    response.status_code == 206 or response.headers.get("Accept-Ranges") == "bytes"
+                )
                 bar = _progress(total, f"downloading {sha512[:12]}", self.progress)
+                bar.update(received)
             try:
                 for chunk in response.iter_content(READ_PIECE):
                     out.write(chunk)

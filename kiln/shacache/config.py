@@ -358,6 +358,18 @@ def read_networkcache(path: Path) -> dict[str, str]:
     return dict(parser["networkcache"])
 
 
+def load_cache_config(
+    config_file: Path | None,
+    flags: Mapping[str, object],
+    environ: Mapping[str, str],
+    defaults: Mapping[str, str] | None = None,
+) -> CacheConfig:
+    """What a command's ``--config FILE`` (its ``[networkcache]`` section), its flags and the
+    environment give, by the one parser; raises ConfigError."""
+    section = read_networkcache(config_file) if config_file else {}
+    return parse_cache_config(section, flags=flags, environ=environ, defaults=defaults)
+
+
 # --- The writer ----------------------------------------------------------------------------
 
 
@@ -420,3 +432,15 @@ def cache_option(name: str, **overrides: Any) -> Callable[[F], F]:
         "multiple": setting.kind.adds_up,
     }
     return click.option(*setting.flags, name, **{**settings, **overrides})
+
+
+def config_file_option(function: F) -> F:
+    """``--config FILE``: a SlapOS-style ``[networkcache]`` section, for :func:`load_cache_config`
+    (where upload URLs with their credentials can live, out of ``ps``)."""
+    return click.option(
+        "--config",
+        "config_file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="Read a SlapOS-style [networkcache] section (its URLs replace $KILN_CACHE_URL;"
+        " flags given beside it win).",
+    )(function)

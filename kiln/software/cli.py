@@ -9,7 +9,13 @@ from pathlib import Path
 import click
 
 from kiln.common.cli import directory_option, fail, parse_pairs
-from kiln.shacache.config import CacheConfig, ConfigError, cache_option, parse_cache_config
+from kiln.shacache.config import (
+    CacheConfig,
+    ConfigError,
+    cache_option,
+    config_file_option,
+    load_cache_config,
+)
 from kiln.software.build import (
     BuildError,
     BuildResult,
@@ -36,10 +42,10 @@ def print_parts(result: BuildResult) -> None:
     )
 
 
-def cache_config(**flags: object) -> CacheConfig:
-    """The cache that the flags and the environment describe, by the one parser."""
+def cache_config(config_file: Path | None = None, **flags: object) -> CacheConfig:
+    """The cache that --config, the flags and the environment describe, by the one parser."""
     try:
-        return parse_cache_config(flags=flags, environ=os.environ)
+        return load_cache_config(config_file, flags, os.environ)
     except ConfigError as problem:
         fail(str(problem))
 
@@ -66,6 +72,7 @@ def software() -> None:
     "machine (buildout:shared-part-list; default: ~/.kiln/shared, or $KILN_HOME/shared).",
 )
 @cache_option("url")
+@config_file_option
 @cache_option("trusted_keys")
 @cache_option("signing_key_file")
 @cache_option("binary_cache")
@@ -91,6 +98,7 @@ def build_command(
       kiln software build software/wendelin --cache http://127.0.0.1:5080 --trust builder.pub
       KILN_CACHE_USER=uploader KILN_CACHE_PASSWORD=... kiln software build software/wendelin \\
           --cache http://127.0.0.1:5080 --trust builder.pub --sign-with builder.key
+      kiln software build software/wendelin --config slapos.cfg   # its [networkcache]
     """
     overrides: dict[str, str] = {}
     for assignment in assignments:

@@ -153,11 +153,24 @@ def run_check(check: dict) -> Check:
             with urllib.request.urlopen(check["http"], timeout=5) as response:
                 return Check(name, True, f"{check['http']} answered {response.status}")
         except urllib.error.HTTPError as error:
-            # A health endpoint answers 2xx; anything else is a failure (or another server).
-            return Check(name, False, f"{check['http']} answered {error.code}")
+            # A health endpoint answers 2xx; anything else is a failure (or another server),
+            # whose reason is shown when the answer gives one ({"detail": ...} or a line).
+            return Check(name, False, f"{check['http']} answered {error.code}{_reason(error)}")
         except (urllib.error.URLError, OSError) as error:
             return Check(name, False, f"{check['http']}: {getattr(error, 'reason', error)}")
     return Check(name, False, f"unknown check {check!r}")
+
+
+def _reason(error: urllib.error.HTTPError) -> str:
+    try:
+        text = error.read(2000).decode(errors="replace").strip()
+    except OSError:
+        return ""
+    try:
+        detail = json.loads(text).get("detail", "")
+    except (ValueError, AttributeError):
+        detail = text.splitlines()[0] if text else ""
+    return f": {str(detail)[:300]}" if detail else ""
 
 
 def write_instance_profile(root: Path, software_dir: Path, parameters: dict[str, str]) -> Path:

@@ -55,6 +55,24 @@ def test_element_digest_sees_content_and_modes(tmp_path):
     assert set(digests) == {"kiln-x"}
 
 
+def test_elements_said_to_run_after_the_layer_do(tmp_path):
+    """Their hooks before install.d, or in install.d before the save, would shape the layer."""
+    from kiln.images.bake import elements_dir
+
+    save = "10-kiln-layer-save"
+    assert (elements_dir() / "kiln-layer" / "install.d" / save).is_file()
+    # kiln-releases' extra-data.d copies its payload into DIB's hooks folder, not the root.
+    early = {"root.d", "extra-data.d", "pre-install.d"}
+    allowed = {"kiln-releases": {"extra-data.d"}}
+    for name in layer.AFTER_LAYER:
+        element = elements_dir() / name
+        assert not (element / "package-installs.yaml").exists(), name
+        phases = {d.name for d in element.iterdir() if d.is_dir()}
+        assert not (phases & early) - allowed.get(name, set()), (name, phases)
+        hooks = [p.name for p in (element / "install.d").iterdir()]
+        assert hooks and all(hook > save for hook in hooks), (name, hooks)
+
+
 def test_package_list_reads_every_package_installs(tmp_path):
     for name, text in (("a", "python3:\ncurl:\n"), ("b", "# none\n"), ("c", "curl:\nvim:\n")):
         (tmp_path / name).mkdir()

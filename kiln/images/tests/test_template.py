@@ -116,3 +116,10 @@ def test_file_errors_name_the_file(tmp_path):
     listed.write_text(yaml.safe_dump(["a"]))
     with pytest.raises(TemplateError, match=r"list.yaml: \(top level\): expected a mapping"):
         load_template(listed)
+
+
+def test_the_ec2_variant_is_a_variable_of_the_appliance():
+    assert load_template(APPLIANCE, environ={}).ec2 is False
+    assert load_template(APPLIANCE, {"ec2": "true"}, environ={}).ec2 is True
+    with pytest.raises(TemplateError, match="ec2: expected bool, got 'yes'"):
+        load_template(APPLIANCE, {"ec2": "yes"}, environ={})

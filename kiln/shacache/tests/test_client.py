@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from kiln.shacache.client import CacheClient, CacheError
+from kiln.shacache.client import CacheClient, CacheError, partial_path
 from kiln.shacache.keys import Ed25519SigningKey, TrustList, generate_ed25519_key
-from kiln.shacache.tests.cutting_proxy import CuttingProxy
 from kiln.testing.cache import RunningCache
+from kiln.testing.cutting_proxy import CuttingProxy
 
 pytestmark = pytest.mark.integration
 
@@ -91,6 +91,39 @@ def test_broken_download_resumes_with_range(
     assert proxy.cuts == 1
     assert hashlib.sha512((tmp_path / "copy").read_bytes()).hexdigest() == digest
     assert '" 206 ' in cache_server.log()
+
+
+def test_download_resumes_from_the_partial_file_an_earlier_call_kept(
+    client: CacheClient, cache_server: RunningCache, tmp_path: Path
+) -> None:
+    source = tmp_path / "big"
+    source.write_bytes(os.urandom(2 << 20))
+    digest = client.upload(source, None, {})
+    dest = tmp_path / "out" / "copy"
+    dest.parent.mkdir()
+    kept = 1_500_000
+    partial_path(dest, digest).write_bytes(source.read_bytes()[:kept])  # an interrupted pull
+    proxy = CuttingProxy(port_of(cache_server.url), cut_after=None)
+    try:
+        CacheClient.from_url(proxy.url, upload=False).download(digest, dest, resume=True)
+    finally:
+        proxy.stop()
+    assert dest.read_bytes() == source.read_bytes()
+    assert proxy.answered < (2 << 20) - kept + 4096  # the rest and the headers only
+    assert not partial_path(dest, digest).exists()
+
+
+def test_a_bad_or_too_long_partial_file_is_never_used(client: CacheClient, tmp_path: Path) -> None:
+    source = tmp_path / "blob"
+    source.write_bytes(os.urandom(300_000))
+    digest = client.upload(source, None, {})
+    dest = tmp_path / "copy"
+    partial_path(dest, digest).write_bytes(b"x" * 1000)  # not a prefix of the blob
+    with pytest.raises(CacheError, match="is corrupt"):
+        client.download(digest, dest, resume=True)
+    assert not dest.exists() and not partial_path(dest, digest).exists()
+    partial_path(dest, digest).write_bytes(source.read_bytes() + b"more")  # 416: start over
+    assert client.download(digest, dest, resume=True).read_bytes() == source.read_bytes()
 
 
 class FlakyFront(BaseHTTPRequestHandler):

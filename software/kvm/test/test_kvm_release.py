@@ -1,11 +1,14 @@
-"""software/kvm: qemu is required at build time; the instance boots an image with forwards."""
+"""software/kvm: qemu is required at build time; the instance boots an image with forwards,
+and its health is the guest's readiness (kiln image run), not qemu's forwarded ports."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,11 +16,7 @@ import pytest
 from kiln.common.addresses import free_ports
 from kiln.software.build import BuildError, BuildResult, build_release
 from kiln.software.instance import InstanceError, instantiate
-from kiln.testing.releases import (
-    CacheFixture,
-    build_snapshot_release,
-    healthy_instance,
-)
+from kiln.testing.releases import CacheFixture, build_snapshot_release
 
 pytestmark = pytest.mark.slow
 
@@ -65,12 +64,37 @@ def test_instance_without_image_says_which_parameter(
 
 
 @needs_qemu
-def test_vm_starts_with_forwarded_ports(kvm_build: BuildResult, tmp_path: Path) -> None:
+def test_a_disk_that_boots_nothing_is_unhealthy_and_says_why(
+    kvm_build: BuildResult, tmp_path: Path
+) -> None:
     image = tmp_path / "disk.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", image, "64M"], check=True)
-    ssh, service = free_ports(2)
-    parameters = {"image": str(image), "ssh-port": str(ssh), "service-port": str(service)}
-    # Health means: qemu runs and its user-network forwards listen on the host ports.
-    # A blank disk boots nothing; booting real images is the images issue's test.
-    with healthy_instance(kvm_build.software_dir, tmp_path / "instance", parameters):
-        assert os.path.getsize(image) < 1 << 20  # snapshot=on: the image is never written
+    ssh, service, status = free_ports(3)
+    parameters = {
+        "image": str(image),
+        "ssh-port": str(ssh),
+        "service-port": str(service),
+        "status-port": str(status),
+        "memory": "128",
+        "stop-timeout": "2",
+    }
+    instance = instantiate(kvm_build.software_dir, tmp_path / "instance", parameters)
+    try:
+        instance.start()
+        deadline = time.monotonic() + 60
+        while True:  # until the runner answers (503), not merely refuses connections
+            checks = {check.name: check for check in instance.checks()}
+            readiness = checks["guest readiness (kiln-ready)"]
+            if "answered" in readiness.detail or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        # qemu runs, and its forwarded port listens: what the old check called healthy.
+        assert checks["process vm"].ok, checks
+        socket.create_connection(("127.0.0.1", ssh), timeout=5).close()
+        # The guest's readiness is what counts: a disk that boots nothing is not healthy.
+        assert not readiness.ok
+        assert "answered 503" in readiness.detail and "kernel did not start" in readiness.detail
+        assert not instance.healthy()
+        assert os.path.getsize(image) < 1 << 20  # a throwaway overlay: never written
+    finally:
+        instance.stop()
