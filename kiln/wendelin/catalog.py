@@ -55,6 +55,38 @@ class ArrayRecord:
     source_stop: int | None
     updated: float
 
+    def to_row(self) -> tuple:
+        """The arrays table's columns, in order (tuples and the dict as JSON text): one
+        encoding for every catalog implementation."""
+        return (
+            self.name,
+            self.policy,
+            self.dtype,
+            json.dumps(list(self.shape)),
+            json.dumps(list(self.chunks)),
+            json.dumps(self.attributes),
+            self.source_stream,
+            self.source_start,
+            self.source_stop,
+            self.updated,
+        )
+
+    @classmethod
+    def from_row(cls, row: "tuple | list") -> "ArrayRecord":
+        name, policy, dtype, shape, chunks, attributes, stream, start, stop, updated = row
+        return cls(
+            name,
+            policy,
+            dtype,
+            tuple(json.loads(shape)),
+            tuple(json.loads(chunks)),
+            json.loads(attributes),
+            stream,
+            start,
+            stop,
+            updated,
+        )
+
 
 class AlreadyExists(ValueError):
     pass
@@ -256,33 +288,12 @@ class SQLiteCatalog(Catalog):
 
     def save_array(self, array: ArrayRecord) -> None:
         self._run(
-            "insert or replace into arrays values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                array.name,
-                array.policy,
-                array.dtype,
-                json.dumps(list(array.shape)),
-                json.dumps(list(array.chunks)),
-                json.dumps(array.attributes),
-                array.source_stream,
-                array.source_start,
-                array.source_stop,
-                array.updated,
-            ),
+            "insert or replace into arrays values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", array.to_row()
         )
 
     def arrays(self) -> list[ArrayRecord]:
         return [
-            ArrayRecord(
-                row[0],
-                row[1],
-                row[2],
-                tuple(json.loads(row[3])),
-                tuple(json.loads(row[4])),
-                json.loads(row[5]),
-                *row[6:],
-            )
-            for row in self._run("select * from arrays order by name")
+            ArrayRecord.from_row(row) for row in self._run("select * from arrays order by name")
         ]
 
     def remove_array(self, name: str) -> bool:

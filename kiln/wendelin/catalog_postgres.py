@@ -15,7 +15,6 @@ and the next call reconnects.
 """
 
 import dataclasses
-import json
 import logging
 import os
 import stat
@@ -102,38 +101,6 @@ _ARRAY_COLUMNS = (
     "name, policy, dtype, shape, chunks, attributes, source_stream, source_start, source_stop, "
     "updated"
 )
-
-
-def _array_row(array: ArrayRecord) -> tuple:
-    """An ArrayRecord as the arrays table's columns (tuples and the dict as JSON text)."""
-    return (
-        array.name,
-        array.policy,
-        array.dtype,
-        json.dumps(list(array.shape)),
-        json.dumps(list(array.chunks)),
-        json.dumps(array.attributes),
-        array.source_stream,
-        array.source_start,
-        array.source_stop,
-        array.updated,
-    )
-
-
-def _array_of_row(row: tuple | list) -> ArrayRecord:
-    name, policy, dtype, shape, chunks, attributes, stream, start, stop, updated = row
-    return ArrayRecord(
-        name,
-        policy,
-        dtype,
-        tuple(json.loads(shape)),
-        tuple(json.loads(chunks)),
-        json.loads(attributes),
-        stream,
-        start,
-        stop,
-        updated,
-    )
 
 
 def check_url(url: str) -> dict[str, str]:
@@ -307,11 +274,11 @@ class PostgresCatalog(Catalog):
         return [StreamRecord(*row) for row in rows]
 
     def save_array(self, array: ArrayRecord) -> None:
-        self._upsert("arrays", _ARRAY_COLUMNS, _array_row(array))
+        self._upsert("arrays", _ARRAY_COLUMNS, array.to_row())
 
     def arrays(self) -> list[ArrayRecord]:
         rows = self._rows(f"select {_ARRAY_COLUMNS} from arrays order by name")
-        return [_array_of_row(row) for row in rows]
+        return [ArrayRecord.from_row(row) for row in rows]
 
     def remove_array(self, name: str) -> bool:
         return self._execute("delete from arrays where name = %s", (name,))[1] > 0
