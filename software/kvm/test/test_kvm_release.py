@@ -82,10 +82,13 @@ def test_a_disk_that_boots_nothing_is_unhealthy_and_says_why(
     try:
         instance.start()
         deadline = time.monotonic() + 60
-        while True:  # until the runner answers (503), not merely refuses connections
+        # Until the runner answers (503), not merely refuses connections, and supervisor counts
+        # the VM as running (STARTING until its start seconds have passed).
+        while True:
             checks = {check.name: check for check in instance.checks()}
             readiness = checks["guest readiness (kiln-ready)"]
-            if "answered" in readiness.detail or time.monotonic() > deadline:
+            answered = "answered" in readiness.detail and checks["process vm"].ok
+            if answered or time.monotonic() > deadline:
                 break
             time.sleep(1)
         # qemu runs, and its forwarded port listens: what the old check called healthy.
