@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -58,6 +59,11 @@ def qemu_binary() -> str:
     if not found:
         raise BootError("qemu-system-x86_64 not found: apt-get install qemu-system-x86")
     return found
+
+
+# Seconds of an empty serial console after which a KVM boot is given up for TCG: the
+# firmware and the kernel's first lines come within a few seconds when KVM works.
+KVM_SILENCE = 60.0
 
 
 @cache
@@ -131,6 +137,7 @@ class VM:
     nocloud: bool = True  # attach the NoCloud seed (an EC2 image reads a metadata service)
     imds: Any = None  # an EC2 boot's metadata stand-in (kiln/images/imds.py), stopped with it
     machine: list[str] = field(default_factory=list)  # more qemu options (-smbios ...)
+    accel: str = ""  # the accelerator of the running VM, set at start
 
     @property
     def console(self) -> Path:
@@ -153,7 +160,7 @@ class VM:
     def command(self, overlay: Path, seed_iso: Path | None) -> list[str]:
         forwards = [f"hostfwd=tcp:{self.host}:{host}-:{g}" for g, host in self.ports.items()]
         netdev = ",".join(["user", "id=net0", *forwards, *self.network])
-        accel = accelerator()
+        accel = self.accel = accelerator()
         return [
             qemu_binary(),
             "-name",
@@ -224,6 +231,10 @@ class VM:
         deadline = time.monotonic() + timeout
         while True:
             text = self.console.read_text(errors="replace") if self.console.exists() else ""
+            if not text and self.accel == "kvm" and self.ready_seconds() > KVM_SILENCE:
+                self._restart_without_kvm()
+                deadline = time.monotonic() + timeout
+                continue
             if match := READY.search(text):
                 return json.loads(match[1])
             if match := NOT_READY.search(text):
@@ -241,6 +252,22 @@ class VM:
                     f"serial log tail ({self.console}):\n{self.console_tail()}"
                 )
             time.sleep(1)
+
+    def _restart_without_kvm(self) -> None:
+        """Some hosts open /dev/kvm and run a probe VM, and then a real guest prints nothing
+        at all: after KVM_SILENCE seconds of an empty console, boot again under TCG (and use
+        TCG for the rest of this process), saying so."""
+        print(
+            f"kiln: no console output under KVM in {KVM_SILENCE:.0f} s; booting again under "
+            "TCG (set KILN_QEMU_ACCEL to choose)",
+            file=sys.stderr,
+        )
+        imds, self.imds = self.imds, None  # an EC2 boot's metadata stand-in stays up
+        self.stop(timeout=5)
+        self.imds = imds
+        os.environ["KILN_QEMU_ACCEL"] = "tcg"
+        accelerator.cache_clear()
+        self.start()
 
     def _what_is_missing(self, console: str) -> str:
         return what_is_missing(console)
